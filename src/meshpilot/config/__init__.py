@@ -1,0 +1,1 @@
+"""Config sources feeding one store: files today; etcd, MCP and Kubernetes later."""

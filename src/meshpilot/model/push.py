@@ -1,0 +1,44 @@
+"""What a push must do: one request type that merges itself.
+
+Debounce, the push queue and per-connection coalescing all combine pending requests with
+`merge`, so the rules for "what does this push cover" live in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class TriggerReason(enum.StrEnum):
+    CONFIG = "config"
+    ENDPOINT = "endpoint"
+    SERVICE = "service"
+    PROXY = "proxy"
+    GLOBAL = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    full: bool
+    """A full push rebuilds every type; otherwise only EDS for `eds_hosts`."""
+    config_kinds: frozenset[str] = frozenset()
+    eds_hosts: frozenset[tuple[str, str]] = frozenset()
+    """(namespace, hostname) of services whose endpoints changed."""
+    reasons: frozenset[TriggerReason] = frozenset()
+    count: int = 1
+    started: float = field(default=0.0, compare=False)
+    """Loop time of the first event merged into this request."""
+
+    def merge(self, other: PushRequest | None) -> PushRequest:
+        if other is None:
+            return self
+        return PushRequest(
+            full=self.full or other.full,
+            config_kinds=self.config_kinds | other.config_kinds,
+            eds_hosts=self.eds_hosts | other.eds_hosts,
+            reasons=self.reasons | other.reasons,
+            count=self.count + other.count,
+            started=min(self.started, other.started) if self.started and other.started
+            else self.started or other.started,
+        )

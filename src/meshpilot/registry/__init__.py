@@ -1,0 +1,1 @@
+"""Service registries: every source of services and endpoints behind one read interface."""
