@@ -7,6 +7,7 @@ Handlers run synchronously in the event loop thread and must not block.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import enum
 from collections.abc import Callable, Iterable
@@ -33,6 +34,8 @@ class ConfigStore(Protocol):
 
     def list(self, kind: str, namespace: str | None = None) -> builtins.list[Config]: ...
 
+    def all(self) -> builtins.list[Config]: ...
+
     def get(self, key: ConfigKey) -> Config | None: ...
 
     def register_handler(self, handler: ConfigHandler) -> None: ...
@@ -44,6 +47,8 @@ class ConfigStore(Protocol):
     def has_synced(self) -> bool:
         """True once the source has delivered its initial state."""
         ...
+
+    async def wait_synced(self) -> None: ...
 
     async def run(self) -> None:
         """Load and keep watching until cancelled."""
@@ -57,7 +62,7 @@ class MemoryStore:
         self._name = name
         self._configs: dict[ConfigKey, Config] = {}
         self._handlers: list[ConfigHandler] = []
-        self._synced = False
+        self._synced = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -83,10 +88,13 @@ class MemoryStore:
         return []
 
     def has_synced(self) -> bool:
-        return self._synced
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
 
     def mark_synced(self) -> None:
-        self._synced = True
+        self._synced.set()
 
     async def run(self) -> None:
         self.mark_synced()

@@ -1,0 +1,1 @@
+"""Introspection: debug HTTP endpoints that show what the server knows and sent."""

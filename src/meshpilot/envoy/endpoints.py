@@ -1,0 +1,66 @@
+"""EDS: a ClusterLoadAssignment per outbound cluster, grouped by locality.
+
+A subset cluster gets the endpoints whose labels match the subset's labels in the
+DestinationRule. Locality groups carry a weight too, which proxyless gRPC requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from meshpilot.envoy.names import OUTBOUND, ClusterName
+from meshpilot.model import Endpoint, HealthStatus, Locality
+from meshpilot.model.snapshot import Snapshot
+
+_HEALTH = {
+    HealthStatus.HEALTHY: health_check_pb2.HEALTHY,
+    HealthStatus.UNHEALTHY: health_check_pb2.UNHEALTHY,
+    HealthStatus.DRAINING: health_check_pb2.DRAINING,
+}
+
+
+def subset_labels(snapshot: Snapshot, host: str, subset: str) -> Mapping[str, str] | None:
+    """Labels a subset selects, or None when the DestinationRule does not define it."""
+    dr = snapshot.destination_rule_for(host)
+    for s in (dr.spec.get("subsets") or ()) if dr else ():
+        if s.get("name") == subset:
+            labels: Mapping[str, str] = s.get("labels") or {}
+            return labels
+    return None
+
+
+def load_assignment(snapshot: Snapshot, name: str) -> endpoint_pb2.ClusterLoadAssignment:
+    """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects."""
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    parsed = ClusterName.parse(name)
+    if parsed is None or parsed.direction != OUTBOUND:
+        return cla
+    endpoints = snapshot.service_endpoints(parsed.host, parsed.port)
+    if parsed.subset:
+        selector = subset_labels(snapshot, parsed.host, parsed.subset)
+        if selector is None:
+            return cla
+        endpoints = tuple(
+            ep for ep in endpoints if all(ep.labels.get(k) == v for k, v in selector.items())
+        )
+    by_locality: dict[Locality, list[Endpoint]] = {}
+    for ep in endpoints:
+        by_locality.setdefault(ep.locality, []).append(ep)
+    for locality in sorted(by_locality, key=str):
+        group = cla.endpoints.add()
+        group.locality.region = locality.region
+        group.locality.zone = locality.zone
+        group.locality.sub_zone = locality.subzone
+        total = 0
+        for ep in by_locality[locality]:
+            lb = group.lb_endpoints.add()
+            lb.endpoint.address.socket_address.address = ep.address
+            lb.endpoint.address.socket_address.port_value = ep.port
+            lb.health_status = _HEALTH[ep.health]
+            lb.load_balancing_weight.value = max(ep.weight, 1)
+            total += max(ep.weight, 1)
+        group.load_balancing_weight.value = total
+    return cla

@@ -1,0 +1,116 @@
+"""LDS: outbound listeners the application calls explicitly, and inbound listeners.
+
+Sidecars run without traffic capture (Istio's capture mode NONE): the application sends its
+requests to `<outbound bind>:<service port>` and the listener routes by Host (HTTP) or sends the
+bytes to the port's one service (TCP). The inbound side binds the workload's own address on each
+port it serves and hands traffic to the application.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf.message import Message
+
+from meshpilot.envoy import names
+from meshpilot.envoy.protos import ads_source, duration, pack
+from meshpilot.envoy.targets import service_targets
+from meshpilot.model import Protocol, Proxy
+from meshpilot.model.snapshot import Snapshot
+
+log = logging.getLogger("meshpilot.envoy")
+
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+ROUTER = "envoy.filters.http.router"
+
+
+def listener_name(address: str, port: int) -> str:
+    return f"{address}_{port}"
+
+
+def inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
+    out: dict[tuple[str, int], listener_pb2.Listener] = {}
+    for ep in service_targets(snapshot, proxy):
+        if (ep.address, ep.port) in out:
+            continue
+        port = snapshot.services[ep.hostname].port(ep.service_port)
+        assert port is not None
+        listener = _listener(ep.address, ep.port, base_pb2.INBOUND)
+        cluster = names.inbound_cluster(ep.port)
+        if port.protocol.is_http:
+            routes = route_pb2.RouteConfiguration(name=cluster)
+            vhost = routes.virtual_hosts.add(name=cluster, domains=["*"])
+            route = vhost.routes.add(name="default")
+            route.match.prefix = "/"
+            route.route.cluster = cluster
+            route.route.timeout.CopyFrom(duration(0))
+            manager = _http_manager(f"inbound_{ep.port}")
+            manager.route_config.CopyFrom(routes)
+            _add_filter(listener, HCM, manager)
+        else:
+            _add_filter(listener, TCP_PROXY, _tcp_proxy(f"inbound_{ep.port}", cluster))
+        out[(ep.address, ep.port)] = listener
+    return [out[k] for k in sorted(out)]
+
+
+def outbound_listeners(
+    snapshot: Snapshot, proxy: Proxy, taken: set[tuple[str, int]]
+) -> list[listener_pb2.Listener]:
+    """One listener per service port, skipping addresses the inbound side already binds."""
+    http_ports: set[int] = set()
+    tcp_services: dict[int, str] = {}
+    for host in sorted(snapshot.services):
+        for port in snapshot.services[host].ports:
+            if port.protocol.is_http:
+                http_ports.add(port.number)
+            elif port.protocol != Protocol.UNSUPPORTED:
+                tcp_services.setdefault(port.number, host)
+    out = []
+    for number in sorted(http_ports | set(tcp_services)):
+        if (proxy.outbound_bind, number) in taken:
+            continue
+        listener = _listener(proxy.outbound_bind, number, base_pb2.OUTBOUND)
+        if number in http_ports:
+            manager = _http_manager(f"outbound_{number}")
+            manager.rds.route_config_name = str(number)
+            manager.rds.config_source.CopyFrom(ads_source())
+            _add_filter(listener, HCM, manager)
+        else:
+            cluster = names.outbound_cluster(tcp_services[number], number)
+            _add_filter(listener, TCP_PROXY, _tcp_proxy(cluster, cluster))
+        out.append(listener)
+    return out
+
+
+def _listener(address: str, port: int, direction: int) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(name=listener_name(address, port))
+    listener.address.socket_address.address = address
+    listener.address.socket_address.port_value = port
+    listener.traffic_direction = direction
+    listener.filter_chains.add()
+    return listener
+
+
+def _add_filter(listener: listener_pb2.Listener, name: str, config: Message) -> None:
+    chain = listener.filter_chains[0]
+    chain.filters.add(name=name).typed_config.CopyFrom(pack(config))
+
+
+def _http_manager(stat_prefix: str) -> hcm_pb2.HttpConnectionManager:
+    manager = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix)
+    manager.codec_type = hcm_pb2.HttpConnectionManager.AUTO
+    manager.http_filters.add(name=ROUTER).typed_config.CopyFrom(pack(router_pb2.Router()))
+    return manager
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str) -> tcp_proxy_pb2.TcpProxy:
+    return tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)

@@ -1,0 +1,44 @@
+"""Envoy resource names and type URLs, in Istio's conventions so istioctl habits carry over."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+"""Clusters before the endpoints they warm on, listeners before the routes they name."""
+
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+
+
+class ClusterName(NamedTuple):
+    direction: str
+    port: int
+    subset: str
+    host: str
+
+    def __str__(self) -> str:
+        return f"{self.direction}|{self.port}|{self.subset}|{self.host}"
+
+    @classmethod
+    def parse(cls, name: str) -> ClusterName | None:
+        parts = name.split("|")
+        if len(parts) != 4 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2], parts[3])
+
+
+def outbound_cluster(host: str, port: int, subset: str = "") -> str:
+    return f"{OUTBOUND}|{port}|{subset}|{host}"
+
+
+def inbound_cluster(port: int) -> str:
+    return f"{INBOUND}|{port}||"

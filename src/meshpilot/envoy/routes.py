@@ -1,0 +1,273 @@
+"""RDS: one RouteConfiguration per outbound HTTP port, one virtual host per service on it.
+
+VirtualService http routes become Envoy routes in order (first match wins, as in Istio); a host
+with no VirtualService gets a single default route to its cluster. Unsupported VirtualService
+fields are reported once per config by the caller, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+
+from meshpilot.envoy import names
+from meshpilot.envoy.protos import duration, parse_duration
+from meshpilot.model import Config, Proxy, Service
+from meshpilot.model.hosts import DOMAIN_SUFFIX, resolve_short_name
+from meshpilot.model.snapshot import Snapshot
+
+log = logging.getLogger("meshpilot.envoy")
+
+# Istio's default retry policy for routes without `retries`.
+DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+DEFAULT_RETRY_ATTEMPTS = 2
+
+
+def route_config(snapshot: Snapshot, proxy: Proxy, name: str) -> route_pb2.RouteConfiguration:
+    """The routes for outbound port `name`; an unknown name gets an empty configuration."""
+    config = route_pb2.RouteConfiguration(name=name)
+    config.validate_clusters.value = False
+    if not name.isdigit():
+        return config
+    port = int(name)
+    taken: set[str] = set()
+    for host in sorted(snapshot.services):
+        svc = snapshot.services[host]
+        svc_port = svc.port(port)
+        if svc_port is None or not svc_port.protocol.is_http:
+            continue
+        domains = [d for d in domains_for(svc, port, proxy.namespace) if d not in taken]
+        if not domains:
+            continue
+        taken.update(domains)
+        vhost = config.virtual_hosts.add(name=f"{host}:{port}", domains=domains)
+        vs = snapshot.virtual_service_for(host)
+        if vs is None:
+            vhost.routes.append(default_route(host, port))
+        else:
+            vhost.routes.extend(virtual_service_routes(vs, proxy, port, snapshot))
+    return config
+
+
+def domains_for(svc: Service, port: int, proxy_namespace: str) -> list[str]:
+    """Names a client may put in Host for this service, as Istio generates them.
+
+    Kubernetes-style hosts (`name.ns.svc.cluster.local`) also answer to their shorter forms;
+    the bare `name` only for clients in the same namespace.
+    """
+    hosts = [svc.hostname]
+    suffix = f".{svc.namespace}.{DOMAIN_SUFFIX}"
+    if svc.hostname.endswith(suffix):
+        short = svc.hostname[: -len(suffix)]
+        hosts += [f"{short}.{svc.namespace}", f"{short}.{svc.namespace}.svc"]
+        if proxy_namespace == svc.namespace:
+            hosts.append(short)
+    hosts += list(svc.addresses)
+    return [d for h in hosts for d in (h, f"{h}:{port}")]
+
+
+def default_route(host: str, port: int) -> rc.Route:
+    route = rc.Route(name="default")
+    route.match.prefix = "/"
+    route.route.cluster = names.outbound_cluster(host, port)
+    _istio_defaults(route.route)
+    return route
+
+
+def virtual_service_routes(
+    vs: Config, proxy: Proxy, port: int, snapshot: Snapshot
+) -> list[rc.Route]:
+    out = []
+    for http in vs.spec.get("http") or ():
+        for match in http.get("match") or [None]:
+            if match is not None and not _match_applies(match, proxy, port):
+                continue
+            route = rc.Route(name=str(http.get("name", "")))
+            route.match.CopyFrom(_route_match(match))
+            _apply_action(route, http, vs, port, snapshot)
+            out.append(route)
+    return out
+
+
+def _match_applies(match: Mapping[str, Any], proxy: Proxy, port: int) -> bool:
+    """Match conditions decided per proxy rather than per request."""
+    if "port" in match and int(match["port"]) != port:
+        return False
+    source_labels: Mapping[str, str] = match.get("sourceLabels") or {}
+    if any(proxy.labels.get(k) != v for k, v in source_labels.items()):
+        return False
+    source_ns = match.get("sourceNamespace")
+    return not (source_ns and source_ns != proxy.namespace)
+
+
+def string_matcher(spec: Mapping[str, Any], ignore_case: bool = False) -> string_pb2.StringMatcher:
+    m = string_pb2.StringMatcher(ignore_case=ignore_case)
+    if "exact" in spec:
+        m.exact = str(spec["exact"])
+    elif "prefix" in spec:
+        m.prefix = str(spec["prefix"])
+    elif "regex" in spec:
+        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=str(spec["regex"])))
+    return m
+
+
+def _route_match(match: Mapping[str, Any] | None) -> rc.RouteMatch:
+    m = rc.RouteMatch()
+    uri: Mapping[str, Any] = (match or {}).get("uri") or {}
+    ignore_case = bool((match or {}).get("ignoreUriCase", False))
+    if "exact" in uri:
+        m.path = str(uri["exact"])
+    elif "regex" in uri:
+        m.safe_regex.regex = str(uri["regex"])
+    else:
+        m.prefix = str(uri.get("prefix", "/"))
+    if ignore_case:
+        m.case_sensitive.value = False
+    if match is None:
+        return m
+    pseudo = {"authority": ":authority", "method": ":method", "scheme": ":scheme"}
+    for field, header in pseudo.items():
+        if field in match:
+            m.headers.add(name=header, string_match=string_matcher(match[field]))
+    for name, spec in (match.get("headers") or {}).items():
+        header = m.headers.add(name=name)
+        if not spec:
+            header.present_match = True
+        else:
+            header.string_match.CopyFrom(string_matcher(spec))
+    for name, spec in (match.get("withoutHeaders") or {}).items():
+        header = m.headers.add(name=name, invert_match=True)
+        if not spec:
+            header.present_match = True
+        else:
+            header.string_match.CopyFrom(string_matcher(spec))
+    for name, spec in (match.get("queryParams") or {}).items():
+        query = m.query_parameters.add(name=name)
+        if not spec:
+            query.present_match = True
+        else:
+            query.string_match.CopyFrom(string_matcher(spec))
+    return m
+
+
+def _apply_action(
+    route: rc.Route, http: Mapping[str, Any], vs: Config, port: int, snapshot: Snapshot
+) -> None:
+    if "directResponse" in http:
+        direct = http["directResponse"]
+        route.direct_response.status = int(direct.get("status", 200))
+        body = (direct.get("body") or {}).get("string")
+        if body is not None:
+            route.direct_response.body.inline_string = str(body)
+        return
+    if "redirect" in http:
+        _redirect(route.redirect, http["redirect"])
+        return
+    action = route.route
+    destinations = [
+        d for d in http.get("route") or () if len(http["route"]) == 1 or d.get("weight", 0) > 0
+    ]
+    clusters = [_destination_cluster(d, vs, port, snapshot) for d in destinations]
+    if len(clusters) == 1:
+        action.cluster = clusters[0]
+    elif clusters:
+        for dest, cluster in zip(destinations, clusters, strict=True):
+            action.weighted_clusters.clusters.add(name=cluster).weight.value = int(dest["weight"])
+    else:
+        action.cluster = names.BLACKHOLE_CLUSTER
+    _istio_defaults(action)
+    if "timeout" in http:
+        action.timeout.CopyFrom(parse_duration(str(http["timeout"])))
+    _retries(action, http.get("retries"))
+    rewrite: Mapping[str, Any] = http.get("rewrite") or {}
+    if "uri" in rewrite:
+        action.prefix_rewrite = str(rewrite["uri"])
+    if "authority" in rewrite:
+        action.host_rewrite_literal = str(rewrite["authority"])
+    _headers(route, http.get("headers") or {})
+
+
+def _destination_cluster(
+    destination: Mapping[str, Any], vs: Config, port: int, snapshot: Snapshot
+) -> str:
+    dest = destination.get("destination") or {}
+    host = resolve_short_name(str(dest.get("host", "")), vs.namespace)
+    number = (dest.get("port") or {}).get("number")
+    if number is None:
+        svc = snapshot.services.get(host)
+        # Istio: a destination without a port uses the service's only port, else the request's.
+        number = svc.ports[0].number if svc is not None and len(svc.ports) == 1 else port
+    return names.outbound_cluster(host, int(number), str(dest.get("subset", "")))
+
+
+def _istio_defaults(action: rc.RouteAction) -> None:
+    # Istio disables Envoy's 15 s route timeout and retries connection-level failures twice.
+    action.timeout.CopyFrom(duration(0))
+    action.retry_policy.retry_on = DEFAULT_RETRY_ON
+    action.retry_policy.num_retries.value = DEFAULT_RETRY_ATTEMPTS
+    action.retry_policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
+    action.retry_policy.host_selection_retry_max_attempts = 5
+    action.retry_policy.retriable_status_codes.append(503)
+
+
+def _retries(action: rc.RouteAction, retries: Mapping[str, Any] | None) -> None:
+    if retries is None:
+        return
+    attempts = int(retries.get("attempts", 0))
+    if attempts == 0:
+        action.ClearField("retry_policy")
+        return
+    policy = action.retry_policy
+    policy.num_retries.value = attempts
+    if "retryOn" in retries:
+        retry_on = [c.strip() for c in str(retries["retryOn"]).split(",") if c.strip()]
+        codes = [c for c in retry_on if c.isdigit()]
+        policy.retry_on = ",".join(
+            [c for c in retry_on if not c.isdigit()] + (["retriable-status-codes"] if codes else [])
+        )
+        del policy.retriable_status_codes[:]
+        policy.retriable_status_codes.extend(int(c) for c in codes)
+    if "perTryTimeout" in retries:
+        policy.per_try_timeout.CopyFrom(parse_duration(str(retries["perTryTimeout"])))
+
+
+def _redirect(redirect: rc.RedirectAction, spec: Mapping[str, Any]) -> None:
+    if "uri" in spec:
+        redirect.path_redirect = str(spec["uri"])
+    if "authority" in spec:
+        redirect.host_redirect = str(spec["authority"])
+    if "scheme" in spec:
+        redirect.scheme_redirect = str(spec["scheme"])
+    if "port" in spec:
+        redirect.port_redirect = int(spec["port"])
+    codes = {
+        301: rc.RedirectAction.MOVED_PERMANENTLY,
+        302: rc.RedirectAction.FOUND,
+        303: rc.RedirectAction.SEE_OTHER,
+        307: rc.RedirectAction.TEMPORARY_REDIRECT,
+        308: rc.RedirectAction.PERMANENT_REDIRECT,
+    }
+    redirect.response_code = codes.get(int(spec.get("redirectCode", 301)), codes[301])
+
+
+def _headers(route: rc.Route, spec: Mapping[str, Any]) -> None:
+    request: Mapping[str, Any] = spec.get("request") or {}
+    response: Mapping[str, Any] = spec.get("response") or {}
+    _header_ops(route.request_headers_to_add, route.request_headers_to_remove, request)
+    _header_ops(route.response_headers_to_add, route.response_headers_to_remove, response)
+
+
+def _header_ops(add: Any, remove: Any, spec: Mapping[str, Any]) -> None:
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    append = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    for name, value in (spec.get("set") or {}).items():
+        add.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=overwrite)
+    for name, value in (spec.get("add") or {}).items():
+        add.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=append)
+    remove.extend(spec.get("remove") or ())

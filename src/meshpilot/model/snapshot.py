@@ -1,0 +1,129 @@
+"""One immutable view of the mesh per push.
+
+Built by a flat list of steps from services, endpoints and config; generators read only the
+snapshot, never the stores. An endpoint-only change derives a new snapshot from the previous one
+(`with_endpoints`) instead of rebuilding everything, which keeps EDS pushes cheap.
+
+The only mutable part is `cache`: serialized resources keyed by whatever they depend on, so
+that N identical proxies cost one serialization per snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshpilot.model.config import Config, Kind
+from meshpilot.model.hosts import host_matches, resolve_short_name
+from meshpilot.model.service import Endpoint, Service
+
+EndpointKey = tuple[str, int]
+"""(hostname, service port)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: str
+    services: Mapping[str, Service]
+    """By hostname. One namespace wins per hostname (the first by namespace order)."""
+    endpoints: Mapping[EndpointKey, tuple[Endpoint, ...]]
+    virtual_services: tuple[Config, ...] = ()
+    """In precedence order: the first VirtualService naming a host owns it for sidecars."""
+    destination_rules: tuple[Config, ...] = ()
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        version: str,
+        services: Iterable[Service],
+        endpoints: Iterable[Endpoint],
+        configs: Iterable[Config],
+    ) -> Snapshot:
+        by_host: dict[str, Service] = {}
+        for svc in sorted(services, key=lambda s: (s.hostname, s.namespace)):
+            by_host.setdefault(svc.hostname, svc)
+        eps = _index_endpoints(endpoints, by_host)
+        configs = sorted(configs, key=lambda c: (c.namespace, c.name))
+        return cls(
+            version=version,
+            services=by_host,
+            endpoints=eps,
+            virtual_services=tuple(c for c in configs if c.kind == Kind.VIRTUAL_SERVICE),
+            destination_rules=tuple(c for c in configs if c.kind == Kind.DESTINATION_RULE),
+        )
+
+    def with_endpoints(self, version: str, changed: Mapping[str, Iterable[Endpoint]]) -> Snapshot:
+        """A new snapshot where the endpoints of the hosts in `changed` are replaced."""
+        eps = {k: v for k, v in self.endpoints.items() if k[0] not in changed}
+        for host_eps in changed.values():
+            for key, group in _index_endpoints(host_eps, self.services).items():
+                eps[key] = group
+        return dataclasses.replace(self, version=version, endpoints=eps, cache={})
+
+    # Lookups used by generators. Results are memoised in `cache` since a snapshot never changes.
+
+    def service_endpoints(self, hostname: str, port: int) -> tuple[Endpoint, ...]:
+        return self.endpoints.get((hostname, port), ())
+
+    def virtual_service_for(self, hostname: str) -> Config | None:
+        """The VirtualService that routes `hostname`: exact host first, then wildcards."""
+        key = ("vs-for", hostname)
+        if key not in self.cache:
+            self.cache[key] = self._find_virtual_service(hostname)
+        found: Config | None = self.cache[key]
+        return found
+
+    def _find_virtual_service(self, hostname: str) -> Config | None:
+        wildcard: Config | None = None
+        for vs in self.virtual_services:
+            for host in vs.spec.get("hosts") or ():
+                resolved = resolve_short_name(host, vs.namespace)
+                if resolved == hostname:
+                    return vs
+                if wildcard is None and host_matches(resolved, hostname):
+                    wildcard = vs
+        return wildcard
+
+    def destination_rule_for(self, hostname: str) -> Config | None:
+        """The DestinationRule for a host: exact host, then the longest wildcard.
+
+        Among rules with the same host, the one in the service's namespace wins, as in Istio.
+        """
+        key = ("dr-for", hostname)
+        if key not in self.cache:
+            self.cache[key] = self._find_destination_rule(hostname)
+        found: Config | None = self.cache[key]
+        return found
+
+    def _find_destination_rule(self, hostname: str) -> Config | None:
+        svc = self.services.get(hostname)
+        best: tuple[int, int, Config] | None = None
+        for dr in self.destination_rules:
+            host = resolve_short_name(str(dr.spec.get("host", "")), dr.namespace)
+            if not host_matches(host, hostname):
+                continue
+            rank = (
+                len(host) if host != hostname else 10_000,
+                1 if svc is not None and dr.namespace == svc.namespace else 0,
+            )
+            if best is None or rank > best[:2]:
+                best = (*rank, dr)
+        return best[2] if best else None
+
+
+def _index_endpoints(
+    endpoints: Iterable[Endpoint], services: Mapping[str, Service]
+) -> dict[EndpointKey, tuple[Endpoint, ...]]:
+    grouped: dict[EndpointKey, list[Endpoint]] = {}
+    for ep in endpoints:
+        svc = services.get(ep.hostname)
+        if svc is None or svc.namespace != ep.namespace:
+            continue  # endpoints of a hostname owned by another namespace
+        grouped.setdefault((ep.hostname, ep.service_port), []).append(ep)
+    return {
+        k: tuple(sorted(v, key=lambda e: (e.address, e.port)))
+        for k, v in grouped.items()
+    }

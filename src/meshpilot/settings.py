@@ -1,0 +1,25 @@
+"""Settings for `meshpilot discovery`, each with a name, a default and a sentence.
+
+Read once at start-up (from the command line) and passed down; no module reads the
+environment on import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshpilot.xds.discovery import DebounceSettings
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    config_dirs: tuple[Path, ...] = ()
+    """Directories of Istio YAML/JSON, watched recursively."""
+    xds_address: str = "127.0.0.1:15010"
+    """Where the ADS gRPC server listens (plaintext; loopback by default)."""
+    debug_address: str = "127.0.0.1:15014"
+    """Where the debug HTTP endpoints listen."""
+    debounce: DebounceSettings = field(default_factory=DebounceSettings)
+    cluster_id: str = "Kubernetes"
+    """Cluster id given to endpoints of config-defined registries (Istio's default name)."""

@@ -1,0 +1,328 @@
+"""The Aggregated Discovery Service over grpc.aio, in State-of-the-World and Delta variants.
+
+Each stream is two loops: a reader task that only reads requests into the connection's event
+queue, and the handler below that takes requests and push markers from that queue in order and
+writes responses. A push never waits behind a slow reader, and a request never races a push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshpilot.agent.node import proxy_from_node
+from meshpilot.envoy.generators import GENERATORS
+from meshpilot.envoy.names import PUSH_ORDER, SHORT_NAMES
+from meshpilot.model import PushRequest
+from meshpilot.xds.connection import END, PUSH, Connection
+from meshpilot.xds.discovery import DiscoveryServer, eds_names_for
+from meshpilot.xds.watch import RESPOND, Decision, WatchState, decide
+
+log = logging.getLogger("meshpilot.xds")
+
+
+def _nonce() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+async def _read(requests: AsyncIterator[Any], events: asyncio.Queue[object]) -> None:
+    try:
+        async for request in requests:
+            events.put_nowait(request)
+    except (asyncio.CancelledError, grpc.RpcError):
+        pass
+    finally:
+        events.put_nowait(END)
+
+
+class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, discovery: DiscoveryServer) -> None:
+        self.discovery = discovery
+
+    # State of the World -----------------------------------------------------------------------
+
+    async def StreamAggregatedResources(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, delta=False):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for response in self._stream(requests, context, delta=True):
+            yield response
+
+    async def _stream(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, delta: bool
+    ) -> AsyncIterator[Any]:
+        events: asyncio.Queue[object] = asyncio.Queue()
+        reader = asyncio.create_task(_read(requests, events))
+        connection: Connection | None = None
+        try:
+            # No answers before every source has synced: never serve a partial mesh.
+            await self.discovery.ready.wait()
+            while True:
+                event = await events.get()
+                if event is END:
+                    return
+                if event is PUSH:
+                    assert connection is not None
+                    for response in self._push(connection):
+                        yield response
+                    continue
+                if connection is None:
+                    connection = await self._connect(event, context, events, delta)
+                handle = self._on_delta_request if delta else self._on_request
+                for response in handle(connection, event):
+                    yield response
+        finally:
+            reader.cancel()
+            if connection is not None:
+                self.discovery.disconnect(connection)
+
+    async def _connect(
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        events: asyncio.Queue[object],
+        delta: bool,
+    ) -> Connection:
+        if not request.node.id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request has no node id")
+        connection = Connection(
+            proxy=proxy_from_node(request.node), peer=context.peer(), delta=delta, events=events
+        )
+        connection.targets_digest = self.discovery.targets_digest(connection.proxy)
+        self.discovery.connect(connection)
+        return connection
+
+    def _on_request(self, connection: Connection, request: Any) -> list[Any]:
+        type_url = request.type_url
+        generator = GENERATORS.get(type_url)
+        if generator is None:
+            log.warning("%s asked for unknown type %s", connection.proxy.id, type_url)
+            return []
+        state = connection.watches.get(type_url)
+        names = frozenset(request.resource_names)
+        error = request.error_detail.message if request.HasField("error_detail") else None
+        decision = decide(state, request.response_nonce, error, names)
+        if decision is Decision.NACK:
+            self._record_nack(connection, type_url, request.response_nonce, error or "")
+            return []
+        if decision is Decision.STALE:
+            return []
+        if decision in (Decision.ACK, Decision.RESUBSCRIBE):
+            assert state is not None
+            _record_ack(state, request.response_nonce, request.version_info)
+        if decision not in RESPOND:
+            return []
+        if state is None:
+            state = connection.watches[type_url] = WatchState(type_url)
+        state.wildcard = generator.wildcard and not names
+        state.names = names
+        if not state.wildcard and not names:
+            return []  # unsubscribed from everything of a named type: nothing to send
+        response = self._sotw_response(connection, state, None, force=True)
+        return [response] if response is not None else []
+
+    def _sotw_response(
+        self,
+        connection: Connection,
+        state: WatchState,
+        only: Collection[str] | None,
+        force: bool,
+    ) -> Any | None:
+        """A response for the watch; None when nothing changed since the last one sent.
+
+        `only` limits it to some names (EDS-only pushes: SotW EDS may send a subset).
+        """
+        names = only if only is not None else (None if state.wildcard else state.names)
+        resources = self.discovery.generate(connection.proxy, state.type_url, names)
+        if only is not None:
+            # SotW EDS may carry a subset: send just the assignments that changed.
+            resources = [r for r in resources if state.sent.get(r.name) != r.version]
+        versions = {r.name: r.version for r in resources}
+        if not force and (not versions if only is not None else versions == state.sent):
+            return None  # unchanged, which includes "never resend what the proxy NACKed"
+        assert self.discovery.snapshot is not None
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=self.discovery.snapshot.version, type_url=state.type_url, nonce=_nonce()
+        )
+        response.resources.extend(r.body for r in resources)
+        if only is None:
+            state.sent = versions
+        else:
+            state.sent.update(versions)
+        _record_send(state, response.nonce, response.version_info)
+        return response
+
+    def _push(self, connection: Connection) -> list[Any]:
+        request = connection.take_pending()
+        if request is None:
+            return []
+        digest = self.discovery.targets_digest(connection.proxy)
+        if digest != connection.targets_digest:
+            # What the proxy itself serves changed: its inbound side needs a full push.
+            connection.targets_digest = digest
+            request = PushRequest(full=True).merge(request)
+        connection.pushes += 1
+        if connection.delta:
+            return self._delta_push(connection, request)
+        out = []
+        for type_url in PUSH_ORDER:
+            state = connection.watches.get(type_url)
+            if state is None or not GENERATORS[type_url].concerns(request):
+                continue
+            if not state.wildcard and not state.names:
+                continue
+            only = None
+            if not request.full:
+                only = eds_names_for(state.names, request.eds_hosts)
+                if not only:
+                    continue
+            response = self._sotw_response(connection, state, only, force=False)
+            if response is not None:
+                out.append(response)
+        return out
+
+    def _record_nack(self, connection: Connection, type_url: str, nonce: str, error: str) -> None:
+        state = connection.watches.get(type_url)
+        if state is not None:
+            state.last_error = error
+        log.warning(
+            "proxy %s rejected %s (nonce %s): %s",
+            connection.proxy.id,
+            SHORT_NAMES.get(type_url, type_url),
+            nonce,
+            error,
+        )
+
+    # Delta ------------------------------------------------------------------------------------
+
+    def _on_delta_request(self, connection: Connection, request: Any) -> list[Any]:
+        type_url = request.type_url
+        generator = GENERATORS.get(type_url)
+        if generator is None:
+            log.warning("%s asked for unknown type %s", connection.proxy.id, type_url)
+            return []
+        if request.HasField("error_detail"):
+            self._record_nack(
+                connection, type_url, request.response_nonce, request.error_detail.message
+            )
+            return []
+        state = connection.watches.get(type_url)
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        first = state is None
+        if state is None:
+            state = connection.watches[type_url] = WatchState(type_url)
+            state.wildcard = (generator.wildcard and not subscribe) or "*" in subscribe
+            # After a reconnect the proxy says what it already has; send only what differs.
+            state.sent = dict(request.initial_resource_versions)
+        elif request.response_nonce and request.response_nonce == state.nonce_sent:
+            _record_ack(state, request.response_nonce, state.version_sent)
+        if "*" in subscribe:
+            state.wildcard = True
+        if "*" in unsubscribe:
+            state.wildcard = False
+        subscribe -= {"*"}
+        unsubscribe -= {"*"}
+        for name in unsubscribe:
+            state.sent.pop(name, None)
+        state.names = frozenset((state.names | subscribe) - unsubscribe)
+        if not first and not subscribe:
+            return []
+        only = None if first else subscribe
+        response = self._delta_response(connection, state, only)
+        return [response] if response is not None else []
+
+    def _delta_response(
+        self, connection: Connection, state: WatchState, only: Collection[str] | None
+    ) -> Any | None:
+        """Changed and removed resources for the watch (or only for `only`)."""
+        names: Collection[str] | None = None if state.wildcard else state.names
+        if only is not None:
+            names = only
+        resources = self.discovery.generate(connection.proxy, state.type_url, names)
+        changed = [r for r in resources if state.sent.get(r.name) != r.version]
+        removed: list[str] = []
+        if only is None:
+            present = {r.name for r in resources}
+            removed = sorted(n for n in state.sent if n not in present)
+        if not changed and not removed:
+            return None
+        assert self.discovery.snapshot is not None
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=self.discovery.snapshot.version,
+            type_url=state.type_url,
+            nonce=_nonce(),
+        )
+        for r in changed:
+            response.resources.add(name=r.name, version=r.version, resource=r.body)
+            state.sent[r.name] = r.version
+        response.removed_resources.extend(removed)
+        for name in removed:
+            del state.sent[name]
+        _record_send(state, response.nonce, response.system_version_info)
+        return response
+
+    def _delta_push(self, connection: Connection, request: PushRequest) -> list[Any]:
+        out = []
+        for type_url in PUSH_ORDER:
+            state = connection.watches.get(type_url)
+            if state is None or not GENERATORS[type_url].concerns(request):
+                continue
+            if not state.wildcard and not state.names:
+                continue
+            only = None
+            if not request.full:
+                only = eds_names_for(state.names, request.eds_hosts)
+                if not only:
+                    continue
+            response = self._delta_response(connection, state, only)
+            if response is not None:
+                out.append(response)
+        return out
+
+
+def _record_send(state: WatchState, nonce: str, version: str) -> None:
+    state.nonce_sent = nonce
+    state.version_sent = version
+    state.last_send_time = time.time()
+
+
+def _record_ack(state: WatchState, nonce: str, version: str) -> None:
+    state.nonce_acked = nonce
+    state.version_acked = version
+    state.last_error = ""
+    state.last_ack_time = time.time()
+    state.acked_once = True
+
+
+async def start_grpc_server(
+    discovery: DiscoveryServer, address: str
+) -> tuple[grpc.aio.Server, int]:
+    """Start the ADS server on `address` (`host:port`); returns it and the port it bound."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+    )
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsService(discovery), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen for xDS on {address}")
+    await server.start()
+    return server, port
