@@ -2,7 +2,9 @@
 
 After the first event, wait until `quiet` seconds pass with no new event, or `max_delay`
 seconds since the first, whichever comes first; then push everything merged. Events that
-arrive during a push wait in the inbox and form the next one, so pushes never overlap.
+arrive during a push wait in the inbox and form the next one, so pushes never overlap; their
+timing counts from when they arrived (`PushRequest.started`, in loop time), not from when the
+push ended, so a slow push does not add a quiet period of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ async def debounce(
     loop = asyncio.get_running_loop()
     while True:
         pending = await inbox.get()
-        first = last = loop.time()
+        first = last = pending.started or loop.time()
+        while not inbox.empty():
+            request = inbox.get_nowait()
+            pending = pending.merge(request)
+            last = request.started or loop.time()
         while True:
             deadline = min(last + quiet, first + max_delay)
             remaining = deadline - loop.time()

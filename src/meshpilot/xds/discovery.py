@@ -71,7 +71,7 @@ class DiscoveryServer:
                 eds_hosts=request.eds_hosts,
                 reasons=request.reasons,
                 count=request.count,
-                started=time.monotonic(),
+                started=asyncio.get_running_loop().time(),
             )
         self._inbox.put_nowait(request)
 
