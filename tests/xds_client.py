@@ -123,8 +123,8 @@ class AdsClient:
             request.error_detail.code = 3
         await self.call.write(self._with_node(request))
 
-    async def expect_response(self, type_url: str | None = None, timeout: float = 5.0) -> Any:
-        async with asyncio.timeout(timeout):
+    async def expect_response(self, type_url: str | None = None, within: float = 5.0) -> Any:
+        async with asyncio.timeout(within):
             response = await self.responses.get()
         assert response is not grpc.aio.EOF, "stream closed"
         if type_url is not None:

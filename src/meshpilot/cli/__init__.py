@@ -1,0 +1,1 @@
+"""Command-line entry points; `main.app` is the `meshpilot` console script."""

@@ -1,0 +1,68 @@
+"""`meshpilot discovery`: run the discovery server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshpilot.app import serve
+from meshpilot.settings import DiscoverySettings
+from meshpilot.xds.discovery import DebounceSettings
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise typer.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def discovery(
+    config_dir: Annotated[
+        list[Path],
+        typer.Option(
+            "--config-dir",
+            help="Directory of Istio YAML/JSON to watch (repeatable).",
+            exists=True,
+            file_okay=False,
+            readable=True,
+        ),
+    ],
+    xds_address: Annotated[
+        str, typer.Option(help="Where the xDS gRPC server listens.", callback=_check_address)
+    ] = "127.0.0.1:15010",
+    debug_address: Annotated[
+        str, typer.Option(help="Where debug HTTP endpoints listen.", callback=_check_address)
+    ] = "127.0.0.1:15014",
+    debounce_after: Annotated[
+        float, typer.Option(help="Push once no change arrived for this many seconds.")
+    ] = 0.1,
+    debounce_max: Annotated[
+        float, typer.Option(help="Push at the latest this many seconds after a first change.")
+    ] = 10.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the discovery server: watch config, serve xDS to Envoy and gRPC clients."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    settings = DiscoverySettings(
+        config_dirs=tuple(config_dir),
+        xds_address=xds_address,
+        debug_address=debug_address,
+        debounce=DebounceSettings(quiet=debounce_after, max_delay=debounce_max),
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+
+
+def register(app: typer.Typer) -> None:
+    app.command("discovery")(discovery)
