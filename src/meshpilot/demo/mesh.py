@@ -97,14 +97,20 @@ class Workload:
 class Mesh:
     """Processes of one mesh, stopped together (in reverse start order)."""
 
-    def __init__(self, workdir: Path, prefix: str = EXAMPLE_PREFIX) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        prefix: str = EXAMPLE_PREFIX,
+        xds_port: int | None = None,
+        debug_port: int | None = None,
+    ) -> None:
         self.workdir = workdir
         self.prefix = prefix
         self.config_dir = workdir / "config"
         self.log_dir = workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.xds_port = free_port()
-        self.debug_port = free_port()
+        self.xds_port = xds_port or free_port()
+        self.debug_port = debug_port or free_port()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.workloads: dict[str, Workload] = {}
 

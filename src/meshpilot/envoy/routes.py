@@ -14,10 +14,11 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from meshpilot.envoy import names
-from meshpilot.envoy.protos import duration, parse_duration
+from meshpilot.envoy.protos import duration, pack, parse_duration
 from meshpilot.model import Config, Proxy, Service
 from meshpilot.model.hosts import DOMAIN_SUFFIX, resolve_short_name
 from meshpilot.model.snapshot import Snapshot
@@ -27,6 +28,7 @@ log = logging.getLogger("meshpilot.envoy")
 # Istio's default retry policy for routes without `retries`.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 DEFAULT_RETRY_ATTEMPTS = 2
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
 def route_config(snapshot: Snapshot, proxy: Proxy, name: str) -> route_pb2.RouteConfiguration:
@@ -211,7 +213,8 @@ def _istio_defaults(action: rc.RouteAction) -> None:
     action.timeout.CopyFrom(duration(0))
     action.retry_policy.retry_on = DEFAULT_RETRY_ON
     action.retry_policy.num_retries.value = DEFAULT_RETRY_ATTEMPTS
-    action.retry_policy.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts")
+    predicate = action.retry_policy.retry_host_predicate.add(name=PREVIOUS_HOSTS)
+    predicate.typed_config.CopyFrom(pack(previous_hosts_pb2.PreviousHostsPredicate()))
     action.retry_policy.host_selection_retry_max_attempts = 5
     action.retry_policy.retriable_status_codes.append(503)
 
