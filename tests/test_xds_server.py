@@ -166,6 +166,15 @@ async def test_delta_reconnect_sends_only_differences(xds: Harness) -> None:
     assert resource_names(response) == [V1]
     await again.close()
 
+    # Already current: an empty answer, which the proxy can ACK.
+    current = AdsClient(xds.port, delta=True)
+    await current.send_delta(CLUSTER, initial=versions)
+    response = await current.expect_response(CLUSTER)
+    assert not response.resources and not response.removed_resources
+    await current.ack(response)
+    await current.expect_no_response()
+    await current.close()
+
 
 async def test_delta_nack_recorded(xds: Harness) -> None:
     mesh(xds)

@@ -57,8 +57,9 @@ def services_of(se: Config) -> list[Service]:
             hostname=host,
             namespace=se.namespace,
             ports=ports,
-            resolution=Resolution(spec.get("resolution", "NONE")),
-            location=ServiceLocation(spec.get("location", "MESH_EXTERNAL")),
+            # Unset and null both mean Istio's defaults.
+            resolution=Resolution(spec.get("resolution") or "NONE"),
+            location=ServiceLocation(spec.get("location") or "MESH_EXTERNAL"),
             addresses=tuple(spec.get("addresses") or ()),
             labels=dict(se.labels),
             export_to=tuple(spec.get("exportTo") or ()),

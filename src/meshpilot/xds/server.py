@@ -241,11 +241,18 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         if not first and not subscribe:
             return []
         only = None if first else subscribe
-        response = self._delta_response(connection, state, only)
+        # The first request always gets an answer, even an empty one after a reconnect in which
+        # the proxy already has everything: it gives the proxy a nonce to acknowledge, so the
+        # server knows the two are in sync.
+        response = self._delta_response(connection, state, only, force=first)
         return [response] if response is not None else []
 
     def _delta_response(
-        self, connection: Connection, state: WatchState, only: Collection[str] | None
+        self,
+        connection: Connection,
+        state: WatchState,
+        only: Collection[str] | None,
+        force: bool = False,
     ) -> Any | None:
         """Changed and removed resources for the watch (or only for `only`)."""
         names: Collection[str] | None = None if state.wildcard else state.names
@@ -257,7 +264,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         if only is None:
             present = {r.name for r in resources}
             removed = sorted(n for n in state.sent if n not in present)
-        if not changed and not removed:
+        if not changed and not removed and not force:
             return None
         assert self.discovery.snapshot is not None
         response = discovery_pb2.DeltaDiscoveryResponse(

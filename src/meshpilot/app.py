@@ -1,0 +1,91 @@
+"""`meshpilot discovery` wired together: sources → registries → server → gRPC and HTTP.
+
+All long-running parts run in one TaskGroup: if one fails, all stop. SIGTERM and SIGINT
+cancel the group, which stops the gRPC server (with a short grace) and the HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+
+from meshpilot.config.filestore import FileConfigStore
+from meshpilot.debug.http import start_debug_server
+from meshpilot.registry.aggregate import AggregateRegistry
+from meshpilot.registry.serviceentry import ServiceEntryRegistry
+from meshpilot.settings import DiscoverySettings
+from meshpilot.xds.discovery import DiscoveryServer
+from meshpilot.xds.server import start_grpc_server
+
+log = logging.getLogger("meshpilot")
+
+
+@dataclass
+class Running:
+    """A started server, for callers (tests, the CLI) that need its parts and ports."""
+
+    discovery: DiscoveryServer
+    grpc_server: grpc.aio.Server
+    xds_port: int
+    http: web.AppRunner
+    debug_port: int
+
+
+def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
+    store = FileConfigStore(list(settings.config_dirs))
+    aggregate = AggregateRegistry()
+    discovery = DiscoveryServer(store, aggregate, settings.debounce)
+    aggregate.add(ServiceEntryRegistry(store, discovery, cluster_id=settings.cluster_id))
+    return discovery
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def start(settings: DiscoverySettings, discovery: DiscoveryServer) -> Running:
+    grpc_server, xds_port = await start_grpc_server(discovery, settings.xds_address)
+    host, port = _split(settings.debug_address)
+    http = await start_debug_server(discovery, host, port)
+    debug_port = port
+    for site in http.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            debug_port = server.sockets[0].getsockname()[1]
+    return Running(discovery, grpc_server, xds_port, http, debug_port)
+
+
+async def stop(running: Running) -> None:
+    await running.grpc_server.stop(grace=1.0)
+    await running.http.cleanup()
+
+
+async def serve(settings: DiscoverySettings) -> None:
+    discovery = build_discovery(settings)
+    running = await start(settings, discovery)
+    log.info(
+        "xDS on %s (port %d), debug HTTP on %s",
+        settings.xds_address,
+        running.xds_port,
+        settings.debug_address,
+    )
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(discovery.store.run(), name="config-store")
+            group.create_task(discovery.registry.run(), name="registries")
+            group.create_task(discovery.run(), name="discovery")
+    except asyncio.CancelledError:
+        log.info("shutting down")
+    finally:
+        await stop(running)
