@@ -146,8 +146,10 @@ class RouteGenerator:
     ) -> list[Resource]:
         if names is None:
             return []
-        # Routes depend on the proxy's namespace (short host names) and labels (sourceLabels).
-        identity = (proxy.namespace, frozenset(proxy.labels.items()))
+        # Routes depend on the proxy's namespace (short host names, sourceNamespace), and on its
+        # labels only when some VirtualService matches on sourceLabels.
+        labels = frozenset(proxy.labels.items()) if snapshot.routes_use_source_labels else None
+        identity = (proxy.namespace, labels)
         return [
             _cached(
                 snapshot,

@@ -65,6 +65,20 @@ class Snapshot:
 
     # Lookups used by generators. Results are memoised in `cache` since a snapshot never changes.
 
+    @property
+    def routes_use_source_labels(self) -> bool:
+        """Whether any VirtualService matches on the client's labels, making routes per-proxy."""
+        key = ("uses-source-labels",)
+        if key not in self.cache:
+            self.cache[key] = any(
+                "sourceLabels" in match
+                for vs in self.virtual_services
+                for http in vs.spec.get("http") or ()
+                for match in http.get("match") or ()
+            )
+        uses: bool = self.cache[key]
+        return uses
+
     def service_endpoints(self, hostname: str, port: int) -> tuple[Endpoint, ...]:
         return self.endpoints.get((hostname, port), ())
 

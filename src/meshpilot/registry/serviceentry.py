@@ -4,17 +4,24 @@ Each ServiceEntry host becomes a Service. Its endpoints are either written inlin
 WorkloadEntries in the same namespace whose labels match its `workloadSelector`. A change to a
 WorkloadEntry only moves endpoints, so it asks for an EDS push of the hosts that select it;
 a ServiceEntry change alters services and asks for a full push.
+
+Everything is indexed as config arrives, so reads cost what they return: services are converted
+once per ServiceEntry change, selectors are matched through a (label, value) index rather than
+by scanning every entry, and each host's endpoints are cached until something they depend on
+changes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshpilot.config.store import ConfigStore, Event
 from meshpilot.model import (
     Config,
+    ConfigKey,
     Endpoint,
     HealthStatus,
     Kind,
@@ -32,6 +39,12 @@ from meshpilot.registry.base import Updater
 log = logging.getLogger("meshpilot.registry")
 
 PROVIDER = "serviceentry"
+
+HostKey = tuple[str, str]
+"""(namespace, hostname)"""
+
+_ANY = ("", "")
+"""Index slot for selectors with no labels, which select every workload of the namespace."""
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -70,6 +83,14 @@ def services_of(se: Config) -> list[Service]:
     ]
 
 
+def _selector(se: Config) -> Mapping[str, str] | None:
+    selector = se.spec.get("workloadSelector")
+    if selector is None:
+        return None
+    labels: Mapping[str, str] = selector.get("labels") or {}
+    return labels
+
+
 def _workload_endpoints(
     service: Service, workload: Mapping[str, Any], workload_name: str = ""
 ) -> list[Endpoint]:
@@ -87,15 +108,36 @@ def _workload_endpoints(
                 address=address,
                 port=int(target),
                 labels=dict(workload.get("labels") or {}),
-                network=str(workload.get("network", "")),
-                locality=Locality.parse(str(workload.get("locality", ""))),
-                service_account=str(workload.get("serviceAccount", "")),
+                network=str(workload.get("network") or ""),
+                locality=Locality.parse(str(workload.get("locality") or "")),
+                service_account=str(workload.get("serviceAccount") or ""),
                 weight=int(workload.get("weight") or 1),
                 health=HealthStatus.HEALTHY,
                 workload_name=workload_name,
             )
         )
     return out
+
+
+class _LabelIndex:
+    """Keys by (namespace, label, value), to find candidates for a selector without a scan."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, dict[tuple[str, str], set[ConfigKey]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
+
+    def add(self, key: ConfigKey, pairs: Iterable[tuple[str, str]]) -> None:
+        for pair in pairs:
+            self._slots[key.namespace][pair].add(key)
+
+    def remove(self, key: ConfigKey, pairs: Iterable[tuple[str, str]]) -> None:
+        slots = self._slots[key.namespace]
+        for pair in pairs:
+            slots[pair].discard(key)
+
+    def get(self, namespace: str, pair: tuple[str, str]) -> set[ConfigKey]:
+        return self._slots[namespace].get(pair, set())
 
 
 class ServiceEntryRegistry:
@@ -105,7 +147,19 @@ class ServiceEntryRegistry:
         self._store = store
         self._updater = updater
         self._cluster_id = cluster_id
+        self._entries: dict[ConfigKey, Config] = {}
+        self._services: dict[ConfigKey, list[Service]] = {}
+        self._hosts: dict[HostKey, list[ConfigKey]] = defaultdict(list)
+        self._workloads: dict[ConfigKey, Config] = {}
+        # ServiceEntries indexed by their selector's pairs; WorkloadEntries by their labels.
+        self._selectors = _LabelIndex()
+        self._labels = _LabelIndex()
+        self._endpoints: dict[HostKey, list[Endpoint]] = {}
         store.register_handler(self._on_config)
+        for config in store.list(Kind.SERVICE_ENTRY):
+            self._add_entry(config)
+        for config in store.list(Kind.WORKLOAD_ENTRY):
+            self._add_workload(config)
 
     @property
     def provider(self) -> str:
@@ -125,50 +179,110 @@ class ServiceEntryRegistry:
         # Everything arrives through the store's handlers; nothing of our own to watch.
         return None
 
-    def services(self) -> list[Service]:
-        seen: dict[tuple[str, str], Service] = {}
-        for se in sorted(self._store.list(Kind.SERVICE_ENTRY), key=lambda c: c.key):
-            for svc in services_of(se):
-                # The same host in two ServiceEntries of one namespace: the first one's ports win.
-                seen.setdefault((svc.namespace, svc.hostname), svc)
-        return list(seen.values())
+    # Reads ------------------------------------------------------------------------------------
 
-    def endpoints(self, hostname: str, namespace: str) -> list[Endpoint]:
-        out: list[Endpoint] = []
-        for se in sorted(self._store.list(Kind.SERVICE_ENTRY, namespace), key=lambda c: c.key):
-            if hostname not in (se.spec.get("hosts") or ()):
-                continue
-            service = next(s for s in services_of(se) if s.hostname == hostname)
-            out.extend(self._endpoints_of(se, service))
+    def services(self) -> list[Service]:
+        out: list[Service] = []
+        for (_, hostname), keys in self._hosts.items():
+            if keys:
+                # The same host in two ServiceEntries of one namespace: the first one's ports win.
+                first = min(keys)
+                out.extend(s for s in self._services[first] if s.hostname == hostname)
         return out
 
-    def _endpoints_of(self, se: Config, service: Service) -> list[Endpoint]:
-        selector = (se.spec.get("workloadSelector") or {}).get("labels")
-        if selector is None:
-            return [
-                ep
-                for raw in se.spec.get("endpoints") or []
-                for ep in _workload_endpoints(service, raw)
-            ]
-        out = []
-        for we in sorted(self._store.list(Kind.WORKLOAD_ENTRY, se.namespace), key=lambda c: c.key):
-            if labels_match(selector, we.spec.get("labels") or {}):
+    def endpoints(self, hostname: str, namespace: str) -> list[Endpoint]:
+        key = (namespace, hostname)
+        cached = self._endpoints.get(key)
+        if cached is None:
+            cached = self._endpoints[key] = self._compute_endpoints(key)
+        return cached
+
+    def _compute_endpoints(self, host: HostKey) -> list[Endpoint]:
+        out: list[Endpoint] = []
+        for se_key in sorted(self._hosts.get(host, ())):
+            se = self._entries[se_key]
+            service = next(s for s in self._services[se_key] if s.hostname == host[1])
+            selector = _selector(se)
+            if selector is None:
+                for raw in se.spec.get("endpoints") or []:
+                    out.extend(_workload_endpoints(service, raw))
+                continue
+            for we_key in sorted(self._selected_by(se_key.namespace, selector)):
+                we = self._workloads[we_key]
                 out.extend(_workload_endpoints(service, we.spec, we.name))
         return out
 
-    def _hosts_selecting(self, we: Config) -> set[tuple[str, str]]:
-        labels = we.spec.get("labels") or {}
-        hosts: set[tuple[str, str]] = set()
-        for se in self._store.list(Kind.SERVICE_ENTRY, we.namespace):
-            selector = (se.spec.get("workloadSelector") or {}).get("labels")
+    def _selected_by(self, namespace: str, selector: Mapping[str, str]) -> set[ConfigKey]:
+        if not selector:
+            return {k for k in self._workloads if k.namespace == namespace}
+        candidates = min(
+            (self._labels.get(namespace, pair) for pair in selector.items()), key=len
+        )
+        return {
+            k
+            for k in candidates
+            if labels_match(selector, self._workloads[k].spec.get("labels") or {})
+        }
+
+    def _hosts_selecting(self, we: Config) -> set[HostKey]:
+        labels: Mapping[str, str] = we.spec.get("labels") or {}
+        candidates = set(self._selectors.get(we.namespace, _ANY))
+        for pair in labels.items():
+            candidates |= self._selectors.get(we.namespace, pair)
+        hosts: set[HostKey] = set()
+        for se_key in candidates:
+            selector = _selector(self._entries[se_key])
             if selector is not None and labels_match(selector, labels):
-                hosts.update((se.namespace, h) for h in se.spec.get("hosts") or ())
+                hosts.update((se_key.namespace, s.hostname) for s in self._services[se_key])
         return hosts
+
+    # Index maintenance -----------------------------------------------------------------------
+
+    def _add_entry(self, se: Config) -> set[HostKey]:
+        self._entries[se.key] = se
+        self._services[se.key] = services_of(se)
+        selector = _selector(se)
+        if selector is not None:
+            self._selectors.add(se.key, selector.items() or [_ANY])
+        hosts = {(se.namespace, s.hostname) for s in self._services[se.key]}
+        for host in hosts:
+            self._hosts[host].append(se.key)
+        return hosts
+
+    def _remove_entry(self, key: ConfigKey) -> set[HostKey]:
+        se = self._entries.pop(key)
+        selector = _selector(se)
+        if selector is not None:
+            self._selectors.remove(key, selector.items() or [_ANY])
+        hosts = {(key.namespace, s.hostname) for s in self._services.pop(key)}
+        for host in hosts:
+            self._hosts[host].remove(key)
+            if not self._hosts[host]:
+                del self._hosts[host]
+        return hosts
+
+    def _add_workload(self, we: Config) -> None:
+        self._workloads[we.key] = we
+        self._labels.add(we.key, (we.spec.get("labels") or {}).items())
+
+    def _remove_workload(self, key: ConfigKey) -> None:
+        we = self._workloads.pop(key)
+        self._labels.remove(key, (we.spec.get("labels") or {}).items())
+
+    def _invalidate(self, hosts: Iterable[HostKey]) -> None:
+        for host in hosts:
+            self._endpoints.pop(host, None)
+
+    # Events -----------------------------------------------------------------------------------
 
     def _on_config(self, old: Config | None, new: Config | None, event: Event) -> None:
         current = new or old
         assert current is not None
         if current.kind == Kind.SERVICE_ENTRY:
+            hosts = self._remove_entry(old.key) if old is not None else set()
+            if new is not None:
+                hosts |= self._add_entry(new)
+            self._invalidate(hosts)
             self._updater.config_update(
                 PushRequest(
                     full=True,
@@ -178,9 +292,13 @@ class ServiceEntryRegistry:
             )
         elif current.kind == Kind.WORKLOAD_ENTRY:
             hosts = set()
-            for we in (old, new):
-                if we is not None:
-                    hosts |= self._hosts_selecting(we)
+            if old is not None:
+                hosts |= self._hosts_selecting(old)
+                self._remove_workload(old.key)
+            if new is not None:
+                self._add_workload(new)
+                hosts |= self._hosts_selecting(new)
+            self._invalidate(hosts)
             log.debug("%s %s moves endpoints of %s", event, current.key, sorted(hosts))
             self._updater.config_update(
                 PushRequest(
