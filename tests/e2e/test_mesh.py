@@ -175,7 +175,8 @@ spec:
 
 
 def test_server_restart_keeps_traffic_and_converges(mesh: Mesh) -> None:
-    mesh.stop_discovery()
+    assert mesh.stop_discovery() == 0, "SIGTERM is a clean shutdown"
+    assert "Traceback" not in mesh.log("discovery")
     # Envoy keeps its last config while the control plane is away.
     assert tally(mesh, 40, {"end-user": "jason"}) == {"reviews-v2": 40}
     set_weights(mesh, 0, 100)  # a change made during the outage

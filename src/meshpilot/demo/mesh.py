@@ -178,8 +178,9 @@ class Mesh:
             "discovery server ready",
         )
 
-    def stop_discovery(self) -> None:
-        self._stop("discovery")
+    def stop_discovery(self) -> int | None:
+        """SIGTERM the server; returns its exit code."""
+        return self._stop("discovery")
 
     def start_app(self, workload: Workload) -> None:
         self._spawn(
@@ -249,16 +250,18 @@ class Mesh:
         process = self.processes.get(name)
         return process is not None and process.poll() is None
 
-    def _stop(self, name: str, timeout: float = 10.0) -> None:
+    def _stop(self, name: str, timeout: float = 10.0) -> int | None:
         process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
 
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
