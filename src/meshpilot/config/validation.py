@@ -49,12 +49,18 @@ VIRTUAL_SERVICE_FIELDS = frozenset({"hosts", "gateways", "http", "tls", "tcp", "
 DESTINATION_RULE_FIELDS = frozenset({
     "host", "trafficPolicy", "subsets", "exportTo", "workloadSelector",
 })
+GATEWAY_FIELDS = frozenset({"servers", "selector"})
+SIDECAR_FIELDS = frozenset({
+    "workloadSelector", "ingress", "egress", "outboundTrafficPolicy", "inboundConnectionPool",
+})
 
 KNOWN_SPEC_FIELDS: Mapping[str, frozenset[str]] = {
     Kind.SERVICE_ENTRY: SERVICE_ENTRY_FIELDS,
     Kind.WORKLOAD_ENTRY: WORKLOAD_ENTRY_FIELDS,
     Kind.VIRTUAL_SERVICE: VIRTUAL_SERVICE_FIELDS,
     Kind.DESTINATION_RULE: DESTINATION_RULE_FIELDS,
+    Kind.GATEWAY: GATEWAY_FIELDS,
+    Kind.SIDECAR: SIDECAR_FIELDS,
 }
 
 _SERVICE_PORT_FIELDS = frozenset({"number", "protocol", "name", "targetPort"})
@@ -905,11 +911,167 @@ def _check_load_balancer(c: _Checker, value: Any, path: str) -> None:
 
 # --- Entry points. ----------------------------------------------------------------------------
 
+# --- Gateway. ---------------------------------------------------------------------------------
+
+_GATEWAY_SERVER_FIELDS = frozenset({"port", "bind", "hosts", "tls", "defaultEndpoint", "name"})
+_SERVER_TLS_FIELDS = frozenset({
+    "httpsRedirect", "mode", "serverCertificate", "privateKey", "caCertificates", "caCrl",
+    "credentialName", "credentialNames", "tlsCertificates", "subjectAltNames",
+    "verifyCertificateSpki", "verifyCertificateHash", "minProtocolVersion",
+    "maxProtocolVersion", "cipherSuites",
+})
+_TLS_MODES = ("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
+              "OPTIONAL_MUTUAL")
+_TLS_VERSIONS = ("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3")
+_TLS_PROTOCOLS = ("HTTPS", "TLS")
+
+
+def _check_namespaced_host(c: _Checker, host: str, path: str) -> None:
+    """`namespace/host` (namespace `*`, `.` or a name; `~` is only for Sidecar) or `host`."""
+    namespace, _, name = host.rpartition("/")
+    if namespace and namespace not in ("*", ".", "~") and not is_dns_label(namespace):
+        c.add(path, f"invalid namespace {namespace!r} in host {host!r}")
+    if name != "*" and (error := wildcard_domain_error(name)):
+        c.add(path, error)
+
+
+def _check_server_tls(c: _Checker, tls: Mapping[str, Any], path: str, protocol: str) -> None:
+    c.known_fields(tls, path, _SERVER_TLS_FIELDS)
+    c.boolean(tls.get("httpsRedirect"), field_path(path, "httpsRedirect"))
+    mode = c.enum(tls.get("mode"), field_path(path, "mode"), _TLS_MODES) or "PASSTHROUGH"
+    for field in ("minProtocolVersion", "maxProtocolVersion"):
+        c.enum(tls.get(field), field_path(path, field), _TLS_VERSIONS)
+    has_files = tls.get("serverCertificate") is not None or tls.get("privateKey") is not None
+    credential = tls.get("credentialName") or tls.get("credentialNames")
+    if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"):
+        if credential and has_files:
+            c.add(path, "only one of credentialName or serverCertificate/privateKey may be set")
+        elif not credential:
+            for field in ("serverCertificate", "privateKey"):
+                if not tls.get(field):
+                    c.add(field_path(path, field), f"{mode} TLS requires {field} "
+                                                   "(or a credentialName)")
+        if mode in ("MUTUAL", "OPTIONAL_MUTUAL") and not credential \
+                and not tls.get("caCertificates"):
+            c.add(field_path(path, "caCertificates"), f"{mode} TLS requires caCertificates "
+                                                      "(or a credentialName)")
+    if protocol and protocol not in _TLS_PROTOCOLS and mode != "PASSTHROUGH" \
+            and not tls.get("httpsRedirect"):
+        c.add(field_path(path, "mode"), f"TLS settings need protocol HTTPS or TLS, not "
+                                        f"{protocol}")
+
+
+def validate_gateway(spec: Mapping[str, Any]) -> list[Problem]:
+    c = _Checker()
+    c.known_fields(spec, "spec", GATEWAY_FIELDS)
+    _check_labels(c, spec.get("selector"), "spec.selector", selector=True)
+    servers = list(c.mappings(spec.get("servers"), "spec.servers"))
+    if not servers:
+        c.add("spec.servers", "gateway must have at least one server")
+    names: set[str] = set()
+    for path, server in servers:
+        c.known_fields(server, path, _GATEWAY_SERVER_FIELDS)
+        port_path = field_path(path, "port")
+        port = c.mapping(server.get("port"), port_path)
+        protocol = ""
+        if port is None:
+            c.add(port_path, "server port is required")
+        else:
+            c.known_fields(port, port_path, _SERVICE_PORT_FIELDS)
+            c.port(port.get("number"), field_path(port_path, "number"), required=True)
+            protocol = (c.string(port.get("protocol"), field_path(port_path, "protocol"))
+                        or "").upper()
+            if not protocol:
+                c.add(field_path(port_path, "protocol"), "port protocol is required")
+            elif Protocol.parse(protocol) is Protocol.UNSUPPORTED:
+                c.add(field_path(port_path, "protocol"), f"unsupported protocol {protocol!r}")
+        hosts = list(c.strings(server.get("hosts"), field_path(path, "hosts")))
+        if not hosts:
+            c.add(field_path(path, "hosts"), "server must have at least one host")
+        for host_path, host in hosts:
+            _check_namespaced_host(c, host, host_path)
+        tls = c.mapping(server.get("tls"), field_path(path, "tls"))
+        if tls is not None:
+            _check_server_tls(c, tls, field_path(path, "tls"), protocol)
+        elif protocol in _TLS_PROTOCOLS:
+            c.add(field_path(path, "tls"), f"server with protocol {protocol} must have tls")
+        name = c.string(server.get("name"), field_path(path, "name"))
+        if name:
+            if name in names:
+                c.add(field_path(path, "name"), f"duplicate server name {name!r}")
+            names.add(name)
+        bind = c.string(server.get("bind"), field_path(path, "bind"))
+        if bind and not bind.startswith("unix://") and not is_ip(bind):
+            c.add(field_path(path, "bind"), f"bind {bind!r} must be an IP address or unix://")
+    return c.problems
+
+
+# --- Sidecar. ---------------------------------------------------------------------------------
+
+_SIDECAR_INGRESS_FIELDS = frozenset({
+    "port", "bind", "captureMode", "defaultEndpoint", "tls", "connectionPool",
+})
+_SIDECAR_EGRESS_FIELDS = frozenset({"port", "bind", "captureMode", "hosts"})
+_CAPTURE_MODES = ("DEFAULT", "IPTABLES", "NONE")
+
+
+def _check_sidecar_port(c: _Checker, value: Any, path: str, *, required: bool) -> None:
+    port = c.mapping(value, path)
+    if port is None:
+        if required:
+            c.add(path, "port is required")
+        return
+    c.known_fields(port, path, _SERVICE_PORT_FIELDS)
+    c.port(port.get("number"), field_path(path, "number"), required=True)
+    protocol = c.string(port.get("protocol"), field_path(path, "protocol"))
+    if protocol and Protocol.parse(protocol) is Protocol.UNSUPPORTED:
+        c.add(field_path(path, "protocol"), f"unsupported protocol {protocol!r}")
+
+
+def validate_sidecar(spec: Mapping[str, Any]) -> list[Problem]:
+    c = _Checker()
+    c.known_fields(spec, "spec", SIDECAR_FIELDS)
+    _check_workload_selector(c, spec.get("workloadSelector"), "spec.workloadSelector")
+    for path, listener in c.mappings(spec.get("ingress"), "spec.ingress"):
+        c.known_fields(listener, path, _SIDECAR_INGRESS_FIELDS)
+        _check_sidecar_port(c, listener.get("port"), field_path(path, "port"), required=True)
+        c.enum(listener.get("captureMode"), field_path(path, "captureMode"), _CAPTURE_MODES)
+        endpoint = c.string(listener.get("defaultEndpoint"), field_path(path, "defaultEndpoint"))
+        if endpoint and not (endpoint.startswith("unix://") or ":" in endpoint):
+            c.add(field_path(path, "defaultEndpoint"), f"invalid defaultEndpoint {endpoint!r}: "
+                                                       "use IP:port or unix://path")
+    egress = list(c.mappings(spec.get("egress"), "spec.egress"))
+    catch_all = 0
+    for path, listener in egress:
+        c.known_fields(listener, path, _SIDECAR_EGRESS_FIELDS)
+        _check_sidecar_port(c, listener.get("port"), field_path(path, "port"), required=False)
+        catch_all += listener.get("port") is None
+        c.enum(listener.get("captureMode"), field_path(path, "captureMode"), _CAPTURE_MODES)
+        hosts = list(c.strings(listener.get("hosts"), field_path(path, "hosts")))
+        if not hosts:
+            c.add(field_path(path, "hosts"), "egress listener must have at least one host")
+        for host_path, host in hosts:
+            if "/" not in host:
+                c.add(host_path, f"host {host!r} must be of the form namespace/dnsName")
+            else:
+                _check_namespaced_host(c, host, host_path)
+    if catch_all > 1:
+        c.add("spec.egress", "only one egress listener may omit the port (the catch-all)")
+    policy = c.mapping(spec.get("outboundTrafficPolicy"), "spec.outboundTrafficPolicy")
+    if policy is not None:
+        c.known_fields(policy, "spec.outboundTrafficPolicy", frozenset({"mode", "egressProxy"}))
+        c.enum(policy.get("mode"), "spec.outboundTrafficPolicy.mode",
+               ("REGISTRY_ONLY", "ALLOW_ANY"))
+    return c.problems
+
+
 VALIDATORS: Mapping[str, SpecValidator] = {
     Kind.SERVICE_ENTRY: validate_service_entry,
     Kind.WORKLOAD_ENTRY: validate_workload_entry,
     Kind.VIRTUAL_SERVICE: validate_virtual_service,
     Kind.DESTINATION_RULE: validate_destination_rule,
+    Kind.GATEWAY: validate_gateway,
+    Kind.SIDECAR: validate_sidecar,
 }
 
 

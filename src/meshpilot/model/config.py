@@ -27,6 +27,8 @@ class Kind:
     WORKLOAD_ENTRY = "WorkloadEntry"
     VIRTUAL_SERVICE = "VirtualService"
     DESTINATION_RULE = "DestinationRule"
+    GATEWAY = "Gateway"
+    SIDECAR = "Sidecar"
 
 
 class ConfigKey(NamedTuple):

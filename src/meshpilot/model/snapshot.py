@@ -32,6 +32,8 @@ class Snapshot:
     virtual_services: tuple[Config, ...] = ()
     """In precedence order: the first VirtualService naming a host owns it for sidecars."""
     destination_rules: tuple[Config, ...] = ()
+    gateways: tuple[Config, ...] = ()
+    sidecars: tuple[Config, ...] = ()
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -53,6 +55,8 @@ class Snapshot:
             endpoints=eps,
             virtual_services=tuple(c for c in configs if c.kind == Kind.VIRTUAL_SERVICE),
             destination_rules=tuple(c for c in configs if c.kind == Kind.DESTINATION_RULE),
+            gateways=tuple(c for c in configs if c.kind == Kind.GATEWAY),
+            sidecars=tuple(c for c in configs if c.kind == Kind.SIDECAR),
         )
 
     def with_endpoints(self, version: str, changed: Mapping[str, Iterable[Endpoint]]) -> Snapshot:

@@ -30,7 +30,8 @@ from meshpilot.xds.debounce import debounce
 
 log = logging.getLogger("meshpilot.xds")
 
-ROUTING_KINDS = (Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE)
+ROUTING_KINDS = (Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE, Kind.GATEWAY, Kind.SIDECAR)
+"""Config kinds read into every snapshot (registries read ServiceEntry and WorkloadEntry)."""
 
 
 @dataclass(frozen=True, slots=True)
