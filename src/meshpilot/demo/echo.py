@@ -3,6 +3,12 @@
     python -m meshpilot.demo.echo --listen 127.0.0.1:18081 --name reviews-v1
 
 The JSON reply names the workload, so tests and people can see which backend served a request.
+A few paths help observe the mesh from outside:
+
+- `/status/<code>` answers with that status (to watch retries and outlier detection);
+- `/delay/<seconds>` answers after sleeping (to watch timeouts);
+- `/__requests` lists the requests received so far (method, path, host, headers), and
+  `DELETE /__requests` forgets them (to count retries and see mirrored copies).
 """
 
 from __future__ import annotations
@@ -11,11 +17,18 @@ import argparse
 import json
 import signal
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+LOG_PATH = "/__requests"
+
 
 def make_handler(name: str) -> type[BaseHTTPRequestHandler]:
+    seen: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
     class Echo(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -30,8 +43,18 @@ def make_handler(name: str) -> type[BaseHTTPRequestHandler]:
                 "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body_in.decode(errors="replace"),
             }
+            status = 200
+            if self.path == LOG_PATH:
+                with lock:
+                    reply = {"workload": name, "requests": list(seen)}
+                    if self.command == "DELETE":
+                        seen.clear()
+            else:
+                with lock:
+                    seen.append({k: reply[k] for k in ("method", "path", "host", "headers")})
+                status = _status_for(self.path)
             data = json.dumps(reply).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.send_header("x-workload", name)
@@ -44,6 +67,16 @@ def make_handler(name: str) -> type[BaseHTTPRequestHandler]:
             return  # quiet: one line per request drowns the demo's output
 
     return Echo
+
+
+def _status_for(path: str) -> int:
+    """`/status/503` → 503 and `/delay/1.5` → 200 after 1.5 s; anything else → 200."""
+    parts = path.split("?")[0].strip("/").split("/")
+    if len(parts) >= 2 and parts[0] == "status" and parts[1].isdigit():
+        return int(parts[1])
+    if len(parts) >= 2 and parts[0] == "delay":
+        time.sleep(min(float(parts[1]), 30.0))
+    return 200
 
 
 def main(argv: list[str] | None = None) -> None:

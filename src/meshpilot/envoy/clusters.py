@@ -1,38 +1,27 @@
 """CDS: one outbound cluster per service port and subset, one inbound cluster per served port.
 
 Outbound clusters are the same for every sidecar, so they are built once per snapshot and
-shared; only the inbound ones depend on the proxy.
+shared; only the inbound ones depend on the proxy. DestinationRule policies are applied by
+`cluster_policies`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from meshpilot.envoy import names
-from meshpilot.envoy.protos import ads_source, duration, pack
+from meshpilot.envoy import cluster_policies, names
+from meshpilot.envoy.endpoints import load_assignment
+from meshpilot.envoy.protos import ads_source, duration
 from meshpilot.envoy.targets import service_targets
 from meshpilot.model import Port, Protocol, Proxy, Resolution, Service
 from meshpilot.model.snapshot import Snapshot
 
 log = logging.getLogger("meshpilot.envoy")
 
-HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT = duration(10)
-
-_LB_POLICIES = {
-    "ROUND_ROBIN": cluster_pb2.Cluster.ROUND_ROBIN,
-    "LEAST_CONN": cluster_pb2.Cluster.LEAST_REQUEST,
-    "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
-    "RANDOM": cluster_pb2.Cluster.RANDOM,
-    "UNSPECIFIED": cluster_pb2.Cluster.ROUND_ROBIN,
-}
 
 
 def outbound_clusters(snapshot: Snapshot) -> list[cluster_pb2.Cluster]:
@@ -40,12 +29,10 @@ def outbound_clusters(snapshot: Snapshot) -> list[cluster_pb2.Cluster]:
     for host in sorted(snapshot.services):
         svc = snapshot.services[host]
         dr = snapshot.destination_rule_for(host)
-        dr_spec: Mapping[str, Any] = dr.spec if dr else {}
+        subsets = [""] + [str(s["name"]) for s in (dr.spec.get("subsets") or () if dr else ())]
         for port in svc.ports:
-            out.append(_outbound(svc, port, "", _policy(dr_spec, port.number)))
-            for subset in dr_spec.get("subsets") or ():
-                policy = _merge_policy(_policy(dr_spec, port.number), subset, port.number)
-                out.append(_outbound(svc, port, str(subset["name"]), policy))
+            for subset in subsets:
+                out.append(_outbound(snapshot, svc, port, subset))
     return out
 
 
@@ -75,24 +62,9 @@ def app_address(proxy: Proxy, port: int) -> tuple[str, int]:
     return "127.0.0.1", port
 
 
-def _policy(dr_spec: Mapping[str, Any], port: int) -> Mapping[str, Any]:
-    policy: Mapping[str, Any] = dr_spec.get("trafficPolicy") or {}
-    for level in policy.get("portLevelSettings") or ():
-        if (level.get("port") or {}).get("number") == port:
-            return {**policy, **level}
-    return policy
-
-
-def _merge_policy(
-    base: Mapping[str, Any], subset: Mapping[str, Any], port: int
-) -> Mapping[str, Any]:
-    own = _policy(subset, port)
-    return {**base, **own} if own else base
-
-
-def _outbound(
-    svc: Service, port: Port, subset: str, policy: Mapping[str, Any]
-) -> cluster_pb2.Cluster:
+def _outbound(snapshot: Snapshot, svc: Service, port: Port, subset: str) -> cluster_pb2.Cluster:
+    """One outbound cluster. Resolution NONE is served from endpoints like STATIC: without
+    traffic capture there is no original destination to pass through to."""
     name = names.outbound_cluster(svc.hostname, port.number, subset)
     cluster = cluster_pb2.Cluster(name=name, connect_timeout=CONNECT_TIMEOUT)
     if svc.resolution in (Resolution.DNS, Resolution.DNS_ROUND_ROBIN):
@@ -101,29 +73,26 @@ def _outbound(
             if svc.resolution == Resolution.DNS
             else cluster_pb2.Cluster.LOGICAL_DNS
         )
-        cluster.load_assignment.CopyFrom(_dns_assignment(name, svc, port))
-    elif svc.resolution == Resolution.NONE and not port.protocol.is_http:
-        cluster.type = cluster_pb2.Cluster.ORIGINAL_DST
-        cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+        cluster.load_assignment.CopyFrom(_dns_assignment(snapshot, name, svc, port))
     else:
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
         cluster.eds_cluster_config.service_name = name
-    simple = str((policy.get("loadBalancer") or {}).get("simple", "")).upper()
-    if simple in _LB_POLICIES and cluster.type != cluster_pb2.Cluster.ORIGINAL_DST:
-        cluster.lb_policy = _LB_POLICIES[simple]
-    if port.protocol in (Protocol.HTTP2, Protocol.GRPC):
-        _use_http2(cluster)
+    policy = cluster_policies.traffic_policy(snapshot, svc.hostname, port.number, subset)
+    cluster_policies.apply(cluster, policy, port.protocol)
     return cluster
 
 
-def _dns_assignment(name: str, svc: Service, port: Port) -> endpoint_pb2.ClusterLoadAssignment:
-    """DNS clusters carry their hostnames inline; with no endpoints, the service host itself."""
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    group = cla.endpoints.add()
-    lb = group.lb_endpoints.add()
-    lb.endpoint.address.socket_address.address = svc.hostname
-    lb.endpoint.address.socket_address.port_value = port.target_port or port.number
+def _dns_assignment(
+    snapshot: Snapshot, name: str, svc: Service, port: Port
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """DNS clusters carry their hostnames inline: the endpoints' (for a subset, the matching
+    ones), or with no endpoints the service host itself."""
+    cla = load_assignment(snapshot, name)
+    if not cla.endpoints:
+        lb = cla.endpoints.add().lb_endpoints.add()
+        lb.endpoint.address.socket_address.address = svc.hostname
+        lb.endpoint.address.socket_address.port_value = port.target_port or port.number
     return cla
 
 
@@ -137,12 +106,5 @@ def _inbound(port: int, protocol: Protocol, target: tuple[str, int]) -> cluster_
     lb = cla.endpoints.add().lb_endpoints.add()
     lb.endpoint.address.socket_address.address = target[0]
     lb.endpoint.address.socket_address.port_value = target[1]
-    if protocol in (Protocol.HTTP2, Protocol.GRPC):
-        _use_http2(cluster)
+    cluster_policies.apply(cluster, {}, protocol)
     return cluster
-
-
-def _use_http2(cluster: cluster_pb2.Cluster) -> None:
-    options = http_protocol_options_pb2.HttpProtocolOptions()
-    options.explicit_http_config.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions())
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))

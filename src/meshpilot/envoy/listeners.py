@@ -13,6 +13,8 @@ import logging
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -22,6 +24,7 @@ from google.protobuf.message import Message
 
 from meshpilot.envoy import names
 from meshpilot.envoy.protos import ads_source, duration, pack
+from meshpilot.envoy.route_policies import CORS_FILTER, FAULT_FILTER
 from meshpilot.envoy.targets import service_targets
 from meshpilot.model import Protocol, Proxy
 from meshpilot.model.snapshot import Snapshot
@@ -105,10 +108,21 @@ def _add_filter(listener: listener_pb2.Listener, name: str, config: Message) -> 
     chain.filters.add(name=name).typed_config.CopyFrom(pack(config))
 
 
+def http_filters() -> list[tuple[str, Message]]:
+    """The HTTP filter chain of every connection manager, in order. CORS and fault filters are
+    inert until a route configures them through `typed_per_filter_config`."""
+    return [
+        (CORS_FILTER, cors_pb2.Cors()),
+        (FAULT_FILTER, fault_pb2.HTTPFault()),
+        (ROUTER, router_pb2.Router()),
+    ]
+
+
 def _http_manager(stat_prefix: str) -> hcm_pb2.HttpConnectionManager:
     manager = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix)
     manager.codec_type = hcm_pb2.HttpConnectionManager.AUTO
-    manager.http_filters.add(name=ROUTER).typed_config.CopyFrom(pack(router_pb2.Router()))
+    for name, config in http_filters():
+        manager.http_filters.add(name=name).typed_config.CopyFrom(pack(config))
     return manager
 
 

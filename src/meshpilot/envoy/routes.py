@@ -15,9 +15,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
-from meshpilot.envoy import names
+from meshpilot.envoy import cluster_policies, names
+from meshpilot.envoy import route_policies as policies
+from meshpilot.envoy.matchers import string_matcher
 from meshpilot.envoy.protos import duration, pack, parse_duration
 from meshpilot.model import Config, Proxy, Service
 from meshpilot.model.hosts import DOMAIN_SUFFIX, resolve_short_name
@@ -108,17 +109,6 @@ def _match_applies(match: Mapping[str, Any], proxy: Proxy, port: int) -> bool:
     return not (source_ns and source_ns != proxy.namespace)
 
 
-def string_matcher(spec: Mapping[str, Any], ignore_case: bool = False) -> string_pb2.StringMatcher:
-    m = string_pb2.StringMatcher(ignore_case=ignore_case)
-    if "exact" in spec:
-        m.exact = str(spec["exact"])
-    elif "prefix" in spec:
-        m.prefix = str(spec["prefix"])
-    elif "regex" in spec:
-        m.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=str(spec["regex"])))
-    return m
-
-
 def _route_match(match: Mapping[str, Any] | None) -> rc.RouteMatch:
     m = rc.RouteMatch()
     uri: Mapping[str, Any] = (match or {}).get("uri") or {}
@@ -178,9 +168,12 @@ def _apply_action(
     clusters = [_destination_cluster(d, vs, port, snapshot) for d in destinations]
     if len(clusters) == 1:
         action.cluster = clusters[0]
+        _headers(route, destinations[0].get("headers") or {})
     elif clusters:
         for dest, cluster in zip(destinations, clusters, strict=True):
-            action.weighted_clusters.clusters.add(name=cluster).weight.value = int(dest["weight"])
+            weighted = action.weighted_clusters.clusters.add(name=cluster)
+            weighted.weight.value = int(dest["weight"])
+            _headers(weighted, dest.get("headers") or {})
     else:
         action.cluster = names.BLACKHOLE_CLUSTER
     _istio_defaults(action)
@@ -190,9 +183,45 @@ def _apply_action(
     rewrite: Mapping[str, Any] = http.get("rewrite") or {}
     if "uri" in rewrite:
         action.prefix_rewrite = str(rewrite["uri"])
+    if "uriRegexRewrite" in rewrite:
+        action.regex_rewrite.pattern.regex = str(rewrite["uriRegexRewrite"]["match"])
+        action.regex_rewrite.substitution = str(rewrite["uriRegexRewrite"]["rewrite"])
     if "authority" in rewrite:
         action.host_rewrite_literal = str(rewrite["authority"])
     _headers(route, http.get("headers") or {})
+    action.request_mirror_policies.extend(
+        policies.mirror_policies(
+            http, lambda dest: _destination_cluster({"destination": dest}, vs, port, snapshot)
+        )
+    )
+    if (fault := policies.fault(http.get("fault"))) is not None:
+        route.typed_per_filter_config[policies.FAULT_FILTER].CopyFrom(pack(fault))
+    if (cors := policies.cors(http.get("corsPolicy"))) is not None:
+        route.typed_per_filter_config[policies.CORS_FILTER].CopyFrom(pack(cors))
+    if (hashing := _hash_policy(clusters, snapshot)) is not None:
+        action.hash_policy.append(hashing)
+
+
+def _hash_policy(clusters: list[str], snapshot: Snapshot) -> rc.RouteAction.HashPolicy | None:
+    """Consistent hashing needs the route to say what to hash: take it from the destinations'
+    DestinationRule, as long as they all agree (Istio does the same)."""
+    found = set()
+    for cluster in clusters:
+        parsed = names.ClusterName.parse(cluster)
+        if parsed is None:
+            return None
+        lb = cluster_policies.load_balancer(snapshot, parsed.host, parsed.port, parsed.subset)
+        found.add(repr(lb.get("consistentHash")))
+        if len(found) > 1 or "consistentHash" not in lb:
+            return None
+    lb = cluster_policies.load_balancer(snapshot, *_host_port_subset(clusters[0]))
+    return policies.hash_policy(lb["consistentHash"])
+
+
+def _host_port_subset(cluster: str) -> tuple[str, int, str]:
+    parsed = names.ClusterName.parse(cluster)
+    assert parsed is not None
+    return parsed.host, parsed.port, parsed.subset
 
 
 def _destination_cluster(
@@ -238,6 +267,8 @@ def _retries(action: rc.RouteAction, retries: Mapping[str, Any] | None) -> None:
         policy.retriable_status_codes.extend(int(c) for c in codes)
     if "perTryTimeout" in retries:
         policy.per_try_timeout.CopyFrom(parse_duration(str(retries["perTryTimeout"])))
+    if retries.get("retryRemoteLocalities"):
+        policies.retry_remote_localities(policy)
 
 
 def _redirect(redirect: rc.RedirectAction, spec: Mapping[str, Any]) -> None:
@@ -259,7 +290,8 @@ def _redirect(redirect: rc.RedirectAction, spec: Mapping[str, Any]) -> None:
     redirect.response_code = codes.get(int(spec.get("redirectCode", 301)), codes[301])
 
 
-def _headers(route: rc.Route, spec: Mapping[str, Any]) -> None:
+def _headers(route: Any, spec: Mapping[str, Any]) -> None:
+    """Header operations on a Route or a weighted cluster (both carry the same fields)."""
     request: Mapping[str, Any] = spec.get("request") or {}
     response: Mapping[str, Any] = spec.get("response") or {}
     _header_ops(route.request_headers_to_add, route.request_headers_to_remove, request)
