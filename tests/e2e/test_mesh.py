@@ -88,8 +88,16 @@ def test_header_match_goes_to_v2(mesh: Mesh) -> None:
 def test_short_and_full_host_names_route(mesh: Mesh) -> None:
     for host in ("reviews", "reviews.default", "reviews.default.svc.cluster.local:9080"):
         assert who(mesh, {"end-user": "jason"}, host=host) == "reviews-v2"
-    status, _, _ = http_request(client_address(mesh), "unknown.example.com")
-    assert status == 404
+
+
+
+def test_unknown_hosts_pass_through_by_default(mesh: Mesh) -> None:
+    """ALLOW_ANY (Istio's default): a Host the mesh doesn't know is forwarded to that host."""
+    app = mesh.workloads["reviews-v1"].app_address
+    status, headers, _ = http_request(client_address(mesh), app)
+    assert (status, headers.get("x-workload")) == (200, "reviews-v1")
+    status, _, _ = http_request(client_address(mesh), "unknown.invalid")
+    assert status == 503  # no such name: Envoy's DNS lookup fails
 
 
 def test_tcp_port_gets_a_tcp_proxy(mesh: Mesh) -> None:

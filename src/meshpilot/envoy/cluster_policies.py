@@ -18,6 +18,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from meshpilot.envoy.protos import pack, parse_duration
+from meshpilot.envoy.scope import destination_rule_for
 from meshpilot.model import Protocol
 from meshpilot.model.snapshot import Snapshot
 
@@ -44,9 +45,11 @@ def _port_level(policy: Policy, port: int) -> Policy:
     return policy
 
 
-def traffic_policy(snapshot: Snapshot, host: str, port: int, subset: str = "") -> Policy:
-    """The merged traffic policy that applies to one cluster."""
-    rule = snapshot.destination_rule_for(host)
+def traffic_policy(
+    snapshot: Snapshot, host: str, port: int, subset: str = "", namespace: str = ""
+) -> Policy:
+    """The merged traffic policy that applies to one cluster, for clients in `namespace`."""
+    rule = destination_rule_for(snapshot, host, namespace)
     if rule is None:
         return {}
     policy = _port_level(rule.spec.get("trafficPolicy") or {}, port)
@@ -58,8 +61,10 @@ def traffic_policy(snapshot: Snapshot, host: str, port: int, subset: str = "") -
     return policy
 
 
-def load_balancer(snapshot: Snapshot, host: str, port: int, subset: str = "") -> Policy:
-    lb: Policy = traffic_policy(snapshot, host, port, subset).get("loadBalancer") or {}
+def load_balancer(
+    snapshot: Snapshot, host: str, port: int, subset: str = "", namespace: str = ""
+) -> Policy:
+    lb: Policy = traffic_policy(snapshot, host, port, subset, namespace).get("loadBalancer") or {}
     return lb
 
 

@@ -12,10 +12,11 @@ import logging
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshpilot.envoy import cluster_policies, names
+from meshpilot.envoy import cluster_policies, names, passthrough
 from meshpilot.envoy.endpoints import load_assignment
 from meshpilot.envoy.protos import ads_source, duration
-from meshpilot.envoy.targets import service_targets
+from meshpilot.envoy.scope import ALLOW_ANY, Scope, destination_rule_for
+from meshpilot.envoy.targets import inbound_ports
 from meshpilot.model import Port, Protocol, Proxy, Resolution, Service
 from meshpilot.model.snapshot import Snapshot
 
@@ -24,27 +25,26 @@ log = logging.getLogger("meshpilot.envoy")
 CONNECT_TIMEOUT = duration(10)
 
 
-def outbound_clusters(snapshot: Snapshot) -> list[cluster_pb2.Cluster]:
+def outbound_clusters(snapshot: Snapshot, scope: Scope) -> list[cluster_pb2.Cluster]:
     out = []
     for host in sorted(snapshot.services):
         svc = snapshot.services[host]
-        dr = snapshot.destination_rule_for(host)
+        dr = destination_rule_for(snapshot, host, scope.namespace)
         subsets = [""] + [str(s["name"]) for s in (dr.spec.get("subsets") or () if dr else ())]
         for port in svc.ports:
+            if not scope.visible(svc, port.number):
+                continue
             for subset in subsets:
-                out.append(_outbound(snapshot, svc, port, subset))
+                out.append(_outbound(snapshot, svc, port, subset, scope.namespace))
+    if scope.outbound_policy == ALLOW_ANY:
+        out.append(passthrough.cluster())
     return out
 
 
 def inbound_clusters(snapshot: Snapshot, proxy: Proxy) -> list[cluster_pb2.Cluster]:
     out: dict[int, cluster_pb2.Cluster] = {}
-    for ep in service_targets(snapshot, proxy):
-        if ep.port in out:
-            continue
-        svc = snapshot.services[ep.hostname]
-        port = svc.port(ep.service_port)
-        assert port is not None
-        out[ep.port] = _inbound(ep.port, port.protocol, app_address(proxy, ep.port))
+    for inbound in inbound_ports(snapshot, proxy):
+        out.setdefault(inbound.port, _inbound(inbound.port, inbound.protocol, inbound.app))
     return [out[p] for p in sorted(out)]
 
 
@@ -54,15 +54,9 @@ def static_clusters() -> list[cluster_pb2.Cluster]:
     return [blackhole]
 
 
-def app_address(proxy: Proxy, port: int) -> tuple[str, int]:
-    """Where the application listens behind the inbound listener on `port`."""
-    if proxy.app_address:
-        host, _, app_port = proxy.app_address.rpartition(":")
-        return host, int(app_port)
-    return "127.0.0.1", port
-
-
-def _outbound(snapshot: Snapshot, svc: Service, port: Port, subset: str) -> cluster_pb2.Cluster:
+def _outbound(
+    snapshot: Snapshot, svc: Service, port: Port, subset: str, namespace: str
+) -> cluster_pb2.Cluster:
     """One outbound cluster. Resolution NONE is served from endpoints like STATIC: without
     traffic capture there is no original destination to pass through to."""
     name = names.outbound_cluster(svc.hostname, port.number, subset)
@@ -73,22 +67,24 @@ def _outbound(snapshot: Snapshot, svc: Service, port: Port, subset: str) -> clus
             if svc.resolution == Resolution.DNS
             else cluster_pb2.Cluster.LOGICAL_DNS
         )
-        cluster.load_assignment.CopyFrom(_dns_assignment(snapshot, name, svc, port))
+        cluster.load_assignment.CopyFrom(_dns_assignment(snapshot, name, svc, port, namespace))
     else:
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
         cluster.eds_cluster_config.service_name = name
-    policy = cluster_policies.traffic_policy(snapshot, svc.hostname, port.number, subset)
+    policy = cluster_policies.traffic_policy(
+        snapshot, svc.hostname, port.number, subset, namespace
+    )
     cluster_policies.apply(cluster, policy, port.protocol)
     return cluster
 
 
 def _dns_assignment(
-    snapshot: Snapshot, name: str, svc: Service, port: Port
+    snapshot: Snapshot, name: str, svc: Service, port: Port, namespace: str
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """DNS clusters carry their hostnames inline: the endpoints' (for a subset, the matching
     ones), or with no endpoints the service host itself."""
-    cla = load_assignment(snapshot, name)
+    cla = load_assignment(snapshot, name, namespace)
     if not cla.endpoints:
         lb = cla.endpoints.add().lb_endpoints.add()
         lb.endpoint.address.socket_address.address = svc.hostname

@@ -12,6 +12,7 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from meshpilot.envoy.names import OUTBOUND, ClusterName
+from meshpilot.envoy.scope import destination_rule_for
 from meshpilot.model import Endpoint, HealthStatus, Locality
 from meshpilot.model.snapshot import Snapshot
 
@@ -22,9 +23,12 @@ _HEALTH = {
 }
 
 
-def subset_labels(snapshot: Snapshot, host: str, subset: str) -> Mapping[str, str] | None:
-    """Labels a subset selects, or None when the DestinationRule does not define it."""
-    dr = snapshot.destination_rule_for(host)
+def subset_labels(
+    snapshot: Snapshot, host: str, subset: str, namespace: str = ""
+) -> Mapping[str, str] | None:
+    """Labels a subset selects (for clients in `namespace`), or None when the applicable
+    DestinationRule does not define it."""
+    dr = destination_rule_for(snapshot, host, namespace)
     for s in (dr.spec.get("subsets") or ()) if dr else ():
         if s.get("name") == subset:
             labels: Mapping[str, str] = s.get("labels") or {}
@@ -32,7 +36,9 @@ def subset_labels(snapshot: Snapshot, host: str, subset: str) -> Mapping[str, st
     return None
 
 
-def load_assignment(snapshot: Snapshot, name: str) -> endpoint_pb2.ClusterLoadAssignment:
+def load_assignment(
+    snapshot: Snapshot, name: str, namespace: str = ""
+) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     parsed = ClusterName.parse(name)
@@ -40,7 +46,7 @@ def load_assignment(snapshot: Snapshot, name: str) -> endpoint_pb2.ClusterLoadAs
         return cla
     endpoints = snapshot.service_endpoints(parsed.host, parsed.port)
     if parsed.subset:
-        selector = subset_labels(snapshot, parsed.host, parsed.subset)
+        selector = subset_labels(snapshot, parsed.host, parsed.subset, namespace)
         if selector is None:
             return cla
         endpoints = tuple(

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
-from meshpilot.envoy import clusters, endpoints, listeners, names, routes
+from meshpilot.envoy import clusters, endpoints, gateway, listeners, names, proxyless, routes
+from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.protos import pack
-from meshpilot.model import Proxy, PushRequest
+from meshpilot.envoy.scope import destination_rule_for, scope_for
+from meshpilot.model import NodeType, Proxy, PushRequest
 from meshpilot.model.snapshot import Snapshot
 
 
@@ -74,12 +78,13 @@ class ClusterGenerator:
     def generate(
         self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
     ) -> list[Resource]:
+        scope = scope_for(snapshot, proxy)
         shared = _cached_list(
             snapshot,
-            ("cds-outbound",),
+            ("cds-outbound", scope.key),
             lambda: [
                 to_resource(c.name, c)
-                for c in [*clusters.outbound_clusters(snapshot), *clusters.static_clusters()]
+                for c in [*clusters.outbound_clusters(snapshot, scope), *clusters.static_clusters()]
             ],
         )
         own = [to_resource(c.name, c) for c in clusters.inbound_clusters(snapshot, proxy)]
@@ -101,8 +106,8 @@ class EndpointGenerator:
         return [
             _cached(
                 snapshot,
-                ("eds", name),
-                partial(_eds_resource, snapshot, name),
+                ("eds", name, _subset_rule(snapshot, name, proxy.namespace)),
+                partial(_eds_resource, snapshot, name, proxy.namespace),
             )
             for name in sorted(names)
         ]
@@ -118,17 +123,20 @@ class ListenerGenerator:
     def generate(
         self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
     ) -> list[Resource]:
+        if proxy.type == NodeType.ROUTER:
+            return _select(_router_listeners(snapshot, proxy), names)
         inbound = listeners.inbound_listeners(snapshot, proxy)
         taken = frozenset(
             (lst.address.socket_address.address, lst.address.socket_address.port_value)
             for lst in inbound
         )
+        scope = scope_for(snapshot, proxy)
         outbound = _cached_list(
             snapshot,
-            ("lds-outbound", proxy.outbound_bind, taken),
+            ("lds-outbound", proxy.outbound_bind, taken, scope.key),
             lambda: [
                 to_resource(lst.name, lst)
-                for lst in listeners.outbound_listeners(snapshot, proxy, set(taken))
+                for lst in listeners.outbound_listeners(snapshot, proxy, set(taken), scope)
             ],
         )
         return _select([*outbound, *(to_resource(lst.name, lst) for lst in inbound)], names)
@@ -146,10 +154,12 @@ class RouteGenerator:
     ) -> list[Resource]:
         if names is None:
             return []
+        if proxy.type == NodeType.ROUTER:
+            return [_router_route(snapshot, proxy, name) for name in sorted(names)]
         # Routes depend on the proxy's namespace (short host names, sourceNamespace), and on its
         # labels only when some VirtualService matches on sourceLabels.
         labels = frozenset(proxy.labels.items()) if snapshot.routes_use_source_labels else None
-        identity = (proxy.namespace, labels)
+        identity = (proxy.namespace, labels, scope_for(snapshot, proxy).key)
         return [
             _cached(
                 snapshot,
@@ -163,12 +173,48 @@ class RouteGenerator:
         return request.full
 
 
-def _eds_resource(snapshot: Snapshot, name: str) -> Resource:
-    return to_resource(name, endpoints.load_assignment(snapshot, name))
+def _eds_resource(snapshot: Snapshot, name: str, namespace: str) -> Resource:
+    return to_resource(name, endpoints.load_assignment(snapshot, name, namespace))
+
+
+def _subset_rule(snapshot: Snapshot, name: str, namespace: str) -> str:
+    """Which DestinationRule defines a subset cluster's endpoints for this client namespace:
+    part of the EDS cache key, so clients that see different rules never share a result."""
+    parsed = ClusterName.parse(name)
+    if parsed is None or not parsed.subset:
+        return ""
+    rule = destination_rule_for(snapshot, parsed.host, namespace)
+    return str(rule.key) if rule is not None else ""
 
 
 def _route_resource(snapshot: Snapshot, proxy: Proxy, name: str) -> Resource:
     return to_resource(name, routes.route_config(snapshot, proxy, name))
+
+
+# Routers (ingress gateways) get Gateway listeners and routes instead of the sidecar ones. What
+# they receive depends on the Gateways their labels select, their namespace (credentials,
+# exportTo), the address they bind and their labels (sourceLabels): replicas of one router
+# share every resource.
+
+
+def _router_identity(proxy: Proxy) -> tuple[Any, ...]:
+    return (proxy.namespace, proxy.outbound_bind, frozenset(proxy.labels.items()))
+
+
+def _router_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Resource]:
+    return _cached_list(
+        snapshot,
+        ("lds-router", _router_identity(proxy)),
+        lambda: [to_resource(lst.name, lst) for lst in gateway.listeners_for(snapshot, proxy)],
+    )
+
+
+def _router_route(snapshot: Snapshot, proxy: Proxy, name: str) -> Resource:
+    return _cached(
+        snapshot,
+        ("rds-router", name, _router_identity(proxy)),
+        lambda: to_resource(name, gateway.route_config(snapshot, proxy, name)),
+    )
 
 
 def _select(resources: list[Resource], names: Collection[str] | None) -> list[Resource]:
@@ -182,3 +228,164 @@ GENERATORS: dict[str, Generator] = {
     g.type_url: g
     for g in (ClusterGenerator(), EndpointGenerator(), ListenerGenerator(), RouteGenerator())
 }
+
+
+# Proxyless gRPC clients (node metadata GENERATOR=grpc) get envoy/proxyless.py's resources
+# instead. Each is derived from what the Envoy generators above produce for the same proxy, so
+# Sidecar scoping and VirtualService/DestinationRule semantics are decided in one place, and is
+# converted once per snapshot and source version: identical sources are converted once.
+
+
+class ProxylessDispatch:
+    """One type's generator for both kinds of client: Envoy proxies and gRPC channels."""
+
+    def __init__(self, envoy: Generator) -> None:
+        self.envoy = envoy
+        self.type_url = envoy.type_url
+        self.wildcard = envoy.wildcard
+
+    def generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
+    ) -> list[Resource]:
+        build = _PROXYLESS.get(self.type_url) if proxy.proxyless else None
+        if build is None:
+            # EDS is the same for both: gRPC reads ClusterLoadAssignments as Envoy does.
+            return self.envoy.generate(snapshot, proxy, names)
+        return build(snapshot, proxy, names)
+
+    def concerns(self, request: PushRequest) -> bool:
+        return self.envoy.concerns(request)
+
+
+_ABSENT = object()
+
+
+def _cached_optional(
+    snapshot: Snapshot, key: tuple[Any, ...], build: Callable[[], Resource | None]
+) -> Resource | None:
+    found = snapshot.cache.get(key, _ABSENT)
+    if found is _ABSENT:
+        found = snapshot.cache[key] = build()
+    assert found is None or isinstance(found, Resource)
+    return found
+
+
+def _visible_clusters(snapshot: Snapshot, proxy: Proxy, wanted: Collection[str] | None) -> set[str]:
+    """Outbound cluster names an Envoy in this proxy's place would get: what it may reach."""
+    prefix = f"{names.OUTBOUND}|"
+    return {
+        r.name
+        for r in _ENVOY[names.CLUSTER].generate(snapshot, proxy, wanted)
+        if r.name.startswith(prefix)
+    }
+
+
+def _grpc_clusters(
+    snapshot: Snapshot, proxy: Proxy, wanted: Collection[str] | None
+) -> list[Resource]:
+    out = []
+    for source in _ENVOY[names.CLUSTER].generate(snapshot, proxy, wanted):
+        if not source.name.startswith(f"{names.OUTBOUND}|"):
+            continue  # inbound and static clusters mean nothing to a gRPC channel
+        found = _cached_optional(
+            snapshot, ("grpc-cds", source.name, source.version), partial(_grpc_cluster, source)
+        )
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _grpc_cluster(source: Resource) -> Resource | None:
+    cluster = cluster_pb2.Cluster()
+    source.body.Unpack(cluster)
+    converted = proxyless.grpc_cluster(cluster)
+    return to_resource(converted.name, converted) if converted is not None else None
+
+
+def _grpc_listeners(
+    snapshot: Snapshot, proxy: Proxy, wanted: Collection[str] | None
+) -> list[Resource]:
+    if wanted is None:
+        # Not something gRPC asks for, but a wildcard request (e.g. from a debugging tool)
+        # gets one listener per reachable service port.
+        targets = {}
+        for cluster in _visible_clusters(snapshot, proxy, None):
+            parsed = ClusterName.parse(cluster)
+            if parsed is not None and not parsed.subset:
+                targets[f"{parsed.host}:{parsed.port}"] = (parsed.host, parsed.port)
+    else:
+        index = _target_index(snapshot, proxy.namespace)
+        targets = {n: index[n.lower()] for n in wanted if n.lower() in index}
+    visible = _visible_clusters(
+        snapshot, proxy, [proxyless.route_name(host, port) for host, port in targets.values()]
+    )
+    return [
+        _cached(snapshot, ("grpc-lds", name, host, port), partial(_grpc_listener, name, host, port))
+        for name, (host, port) in sorted(targets.items())
+        if proxyless.route_name(host, port) in visible
+    ]
+
+
+def _grpc_listener(name: str, host: str, port: int) -> Resource:
+    return to_resource(name, proxyless.api_listener(name, host, port))
+
+
+def _target_index(snapshot: Snapshot, namespace: str) -> proxyless.TargetIndex:
+    key = ("grpc-targets", namespace)
+    found: proxyless.TargetIndex | None = snapshot.cache.get(key)
+    if found is None:
+        found = snapshot.cache[key] = proxyless.target_index(snapshot.services.values(), namespace)
+    return found
+
+
+def _grpc_routes(
+    snapshot: Snapshot, proxy: Proxy, wanted: Collection[str] | None
+) -> list[Resource]:
+    if wanted is None:
+        return []
+    out = []
+    for name in sorted(wanted):
+        parsed = ClusterName.parse(name)
+        if parsed is None or parsed.direction != names.OUTBOUND or parsed.subset:
+            out.append(to_resource(name, route_pb2.RouteConfiguration(name=name)))
+            continue
+        # The sidecar configuration of the port, and whether this proxy may reach the service.
+        (source,) = _ENVOY[names.ROUTE].generate(snapshot, proxy, [str(parsed.port)])
+        reachable = bool(_visible_clusters(snapshot, proxy, [name]))
+        out.append(
+            _cached(
+                snapshot,
+                ("grpc-rds", name, source.version, reachable),
+                partial(_grpc_route_config, snapshot, name, parsed, source, reachable),
+            )
+        )
+    return out
+
+
+def _grpc_route_config(
+    snapshot: Snapshot, name: str, target: ClusterName, source: Resource, reachable: bool
+) -> Resource:
+    key = ("grpc-rds-source", source.version)
+    hosts: dict[str, route_pb2.VirtualHost] | None = snapshot.cache.get(key)
+    if hosts is None:
+        config = route_pb2.RouteConfiguration()
+        source.body.Unpack(config)
+        hosts = snapshot.cache[key] = proxyless.virtual_hosts_by_domain(config)
+    vhost = hosts.get(target.host)
+    if vhost is not None:
+        found: list[Any] = list(vhost.routes)
+    else:
+        # No sidecar virtual host: a port that is not HTTP to Envoy (gRPC speaks HTTP/2 to it
+        # all the same) gets the default route; a service out of reach gets no routes.
+        found = [routes.default_route(target.host, target.port)] if reachable else []
+    where = f"{target.host}:{target.port}"
+    return to_resource(name, proxyless.route_config(name, found, where))
+
+
+_ENVOY: dict[str, Generator] = dict(GENERATORS)
+_PROXYLESS: dict[str, Callable[[Snapshot, Proxy, Collection[str] | None], list[Resource]]] = {
+    names.CLUSTER: _grpc_clusters,
+    names.LISTENER: _grpc_listeners,
+    names.ROUTE: _grpc_routes,
+}
+GENERATORS = {url: ProxylessDispatch(generator) for url, generator in _ENVOY.items()}

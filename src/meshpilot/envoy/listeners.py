@@ -23,9 +23,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
 from meshpilot.envoy import names
+from meshpilot.envoy import passthrough as forward
 from meshpilot.envoy.protos import ads_source, duration, pack
 from meshpilot.envoy.route_policies import CORS_FILTER, FAULT_FILTER
-from meshpilot.envoy.targets import service_targets
+from meshpilot.envoy.scope import ALLOW_ANY, Scope
+from meshpilot.envoy.targets import inbound_ports
 from meshpilot.model import Protocol, Proxy
 from meshpilot.model.snapshot import Snapshot
 
@@ -42,48 +44,52 @@ def listener_name(address: str, port: int) -> str:
 
 def inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[listener_pb2.Listener]:
     out: dict[tuple[str, int], listener_pb2.Listener] = {}
-    for ep in service_targets(snapshot, proxy):
-        if (ep.address, ep.port) in out:
+    for inbound in inbound_ports(snapshot, proxy):
+        if (inbound.bind, inbound.port) in out:
             continue
-        port = snapshot.services[ep.hostname].port(ep.service_port)
-        assert port is not None
-        listener = _listener(ep.address, ep.port, base_pb2.INBOUND)
-        cluster = names.inbound_cluster(ep.port)
-        if port.protocol.is_http:
+        listener = _listener(inbound.bind, inbound.port, base_pb2.INBOUND)
+        cluster = names.inbound_cluster(inbound.port)
+        if inbound.protocol.is_http:
             routes = route_pb2.RouteConfiguration(name=cluster)
             vhost = routes.virtual_hosts.add(name=cluster, domains=["*"])
             route = vhost.routes.add(name="default")
             route.match.prefix = "/"
             route.route.cluster = cluster
             route.route.timeout.CopyFrom(duration(0))
-            manager = _http_manager(f"inbound_{ep.port}")
+            manager = _http_manager(f"inbound_{inbound.port}")
             manager.route_config.CopyFrom(routes)
             _add_filter(listener, HCM, manager)
         else:
-            _add_filter(listener, TCP_PROXY, _tcp_proxy(f"inbound_{ep.port}", cluster))
-        out[(ep.address, ep.port)] = listener
+            _add_filter(listener, TCP_PROXY, _tcp_proxy(f"inbound_{inbound.port}", cluster))
+        out[(inbound.bind, inbound.port)] = listener
     return [out[k] for k in sorted(out)]
 
 
 def outbound_listeners(
-    snapshot: Snapshot, proxy: Proxy, taken: set[tuple[str, int]]
+    snapshot: Snapshot, proxy: Proxy, taken: set[tuple[str, int]], scope: Scope
 ) -> list[listener_pb2.Listener]:
-    """One listener per service port, skipping addresses the inbound side already binds."""
+    """One listener per service port the proxy may reach, bound where its Sidecar says (else
+    its outbound address), skipping addresses the inbound side already binds."""
     http_ports: set[int] = set()
     tcp_services: dict[int, str] = {}
     for host in sorted(snapshot.services):
-        for port in snapshot.services[host].ports:
+        service = snapshot.services[host]
+        for port in service.ports:
+            if not scope.visible(service, port.number):
+                continue
             if port.protocol.is_http:
                 http_ports.add(port.number)
             elif port.protocol != Protocol.UNSUPPORTED:
                 tcp_services.setdefault(port.number, host)
     out = []
+    passthrough = scope.outbound_policy == ALLOW_ANY
     for number in sorted(http_ports | set(tcp_services)):
-        if (proxy.outbound_bind, number) in taken:
+        bind = scope.bind_for(number, proxy.outbound_bind)
+        if (bind, number) in taken:
             continue
-        listener = _listener(proxy.outbound_bind, number, base_pb2.OUTBOUND)
+        listener = _listener(bind, number, base_pb2.OUTBOUND)
         if number in http_ports:
-            manager = _http_manager(f"outbound_{number}")
+            manager = _http_manager(f"outbound_{number}", passthrough=passthrough)
             manager.rds.route_config_name = str(number)
             manager.rds.config_source.CopyFrom(ads_source())
             _add_filter(listener, HCM, manager)
@@ -108,20 +114,24 @@ def _add_filter(listener: listener_pb2.Listener, name: str, config: Message) -> 
     chain.filters.add(name=name).typed_config.CopyFrom(pack(config))
 
 
-def http_filters() -> list[tuple[str, Message]]:
-    """The HTTP filter chain of every connection manager, in order. CORS and fault filters are
-    inert until a route configures them through `typed_per_filter_config`."""
-    return [
+def http_filters(passthrough: bool = False) -> list[tuple[str, Message]]:
+    """The HTTP filter chain of a connection manager, in order. CORS and fault filters are
+    inert until a route configures them through `typed_per_filter_config`; the dynamic
+    forward proxy acts only on requests routed to the passthrough cluster."""
+    chain: list[tuple[str, Message]] = [
         (CORS_FILTER, cors_pb2.Cors()),
         (FAULT_FILTER, fault_pb2.HTTPFault()),
-        (ROUTER, router_pb2.Router()),
     ]
+    if passthrough:
+        chain.append((forward.FILTER, forward.http_filter()))
+    chain.append((ROUTER, router_pb2.Router()))
+    return chain
 
 
-def _http_manager(stat_prefix: str) -> hcm_pb2.HttpConnectionManager:
+def _http_manager(stat_prefix: str, passthrough: bool = False) -> hcm_pb2.HttpConnectionManager:
     manager = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix)
     manager.codec_type = hcm_pb2.HttpConnectionManager.AUTO
-    for name, config in http_filters():
+    for name, config in http_filters(passthrough):
         manager.http_filters.add(name=name).typed_config.CopyFrom(pack(config))
     return manager
 
