@@ -10,6 +10,7 @@ breakers, timeouts, HTTP options), `outlierDetection` and `tls` (certificates fr
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -24,6 +25,7 @@ from meshpilot.model.snapshot import Snapshot
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_SOCKET = "envoy.transport_sockets.tls"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 UNLIMITED = 4294967295
 """Istio lifts Envoy's default circuit-breaker limits (1024) unless a policy sets them."""
 
@@ -32,16 +34,22 @@ _LB_POLICIES = {
     "LEAST_CONN": cluster_pb2.Cluster.LEAST_REQUEST,
     "LEAST_REQUEST": cluster_pb2.Cluster.LEAST_REQUEST,
     "RANDOM": cluster_pb2.Cluster.RANDOM,
-    "UNSPECIFIED": cluster_pb2.Cluster.ROUND_ROBIN,
+    "UNSPECIFIED": cluster_pb2.Cluster.LEAST_REQUEST,
 }
 
 Policy = Mapping[str, Any]
 
 
+PORT_LEVEL_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "tls")
+
+
 def _port_level(policy: Policy, port: int) -> Policy:
+    """A port-level entry replaces these four sections outright (Istio does not inherit the
+    top-level ones into it: what it leaves out takes the defaults)."""
     for level in policy.get("portLevelSettings") or ():
         if (level.get("port") or {}).get("number") == port:
-            return {**policy, **level}
+            kept = {k: v for k, v in policy.items() if k not in PORT_LEVEL_FIELDS}
+            return {**kept, **{k: level[k] for k in PORT_LEVEL_FIELDS if k in level}}
     return policy
 
 
@@ -97,7 +105,8 @@ def _load_balancer(cluster: cluster_pb2.Cluster, lb: Policy) -> None:
             if size:
                 cluster.ring_hash_lb_config.minimum_ring_size.value = int(size)
         return
-    simple = str(lb.get("simple", "")).upper()
+    # Istio's default is LEAST_REQUEST, not Envoy's ROUND_ROBIN.
+    simple = str(lb.get("simple") or "LEAST_REQUEST").upper()
     if simple in _LB_POLICIES:
         cluster.lb_policy = _LB_POLICIES[simple]
 
@@ -203,6 +212,9 @@ def _tls(cluster: cluster_pb2.Cluster, spec: Policy) -> None:
         certificate.private_key.filename = str(spec["privateKey"])
     if spec.get("caCertificates"):
         common.validation_context.trusted_ca.filename = str(spec["caCertificates"])
+    elif not spec.get("insecureSkipVerify") and Path(SYSTEM_CA_BUNDLE).exists():
+        # As Istio (VERIFY_CERTIFICATE_AT_CLIENT): without a CA, verify against the system's.
+        common.validation_context.trusted_ca.filename = SYSTEM_CA_BUNDLE
     for name in spec.get("subjectAltNames") or ():
         san = common.validation_context.match_typed_subject_alt_names.add()
         san.san_type = common_pb2.SubjectAltNameMatcher.DNS

@@ -22,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
-from meshpilot.envoy import names
+from meshpilot.envoy import names, tcp_routes
 from meshpilot.envoy import passthrough as forward
 from meshpilot.envoy.protos import ads_source, duration, pack
 from meshpilot.envoy.route_policies import CORS_FILTER, FAULT_FILTER
@@ -71,6 +71,7 @@ def outbound_listeners(
     """One listener per service port the proxy may reach, bound where its Sidecar says (else
     its outbound address), skipping addresses the inbound side already binds."""
     http_ports: set[int] = set()
+    tls_ports: set[int] = set()
     tcp_services: dict[int, str] = {}
     for host in sorted(snapshot.services):
         service = snapshot.services[host]
@@ -79,11 +80,17 @@ def outbound_listeners(
                 continue
             if port.protocol.is_http:
                 http_ports.add(port.number)
+            elif port.protocol in (Protocol.HTTPS, Protocol.TLS):
+                tls_ports.add(port.number)
             elif port.protocol != Protocol.UNSUPPORTED:
                 tcp_services.setdefault(port.number, host)
+    for number in sorted((http_ports | tls_ports) & set(tcp_services)):
+        log.warning("port %d carries HTTP or TLS and TCP services; %s is unreachable on it",
+                    number, tcp_services[number])
     out = []
     passthrough = scope.outbound_policy == ALLOW_ANY
-    for number in sorted(http_ports | set(tcp_services)):
+    # One listener per port: HTTP wins a port shared with other protocols, then TLS.
+    for number in sorted(http_ports | tls_ports | set(tcp_services)):
         bind = scope.bind_for(number, proxy.outbound_bind)
         if (bind, number) in taken:
             continue
@@ -93,9 +100,15 @@ def outbound_listeners(
             manager.rds.route_config_name = str(number)
             manager.rds.config_source.CopyFrom(ads_source())
             _add_filter(listener, HCM, manager)
+        elif number in tls_ports:
+            listener.ClearField("filter_chains")
+            listener.listener_filters.append(tcp_routes.tls_inspector())
+            listener.filter_chains.extend(
+                tcp_routes.tls_filter_chains(snapshot, proxy, number, scope)
+            )
         else:
-            cluster = names.outbound_cluster(tcp_services[number], number)
-            _add_filter(listener, TCP_PROXY, _tcp_proxy(cluster, cluster))
+            tcp = tcp_routes.tcp_filter(snapshot, proxy, tcp_services[number], number)
+            _add_filter(listener, TCP_PROXY, tcp)
         out.append(listener)
     return out
 

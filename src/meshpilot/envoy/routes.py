@@ -20,7 +20,9 @@ from meshpilot.envoy import cluster_policies, names
 from meshpilot.envoy import route_policies as policies
 from meshpilot.envoy.matchers import string_matcher
 from meshpilot.envoy.protos import duration, pack, parse_duration
+from meshpilot.envoy.scope import ALLOW_ANY, Scope, scope_for, virtual_service_for
 from meshpilot.model import Config, Proxy, Service
+from meshpilot.model.gateways import MESH, match_gateways
 from meshpilot.model.hosts import DOMAIN_SUFFIX, resolve_short_name
 from meshpilot.model.snapshot import Snapshot
 
@@ -32,8 +34,15 @@ DEFAULT_RETRY_ATTEMPTS = 2
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
-def route_config(snapshot: Snapshot, proxy: Proxy, name: str) -> route_pb2.RouteConfiguration:
-    """The routes for outbound port `name`; an unknown name gets an empty configuration."""
+def route_config(
+    snapshot: Snapshot, proxy: Proxy, name: str, scope: Scope | None = None
+) -> route_pb2.RouteConfiguration:
+    """The routes for outbound port `name`; an unknown name gets an empty configuration.
+
+    One virtual host per service the proxy may reach on the port, then a catch-all for other
+    hosts by the outbound traffic policy: passthrough (ALLOW_ANY) or 502 (REGISTRY_ONLY).
+    """
+    scope = scope or scope_for(snapshot, proxy)
     config = route_pb2.RouteConfiguration(name=name)
     config.validate_clusters.value = False
     if not name.isdigit():
@@ -43,19 +52,37 @@ def route_config(snapshot: Snapshot, proxy: Proxy, name: str) -> route_pb2.Route
     for host in sorted(snapshot.services):
         svc = snapshot.services[host]
         svc_port = svc.port(port)
-        if svc_port is None or not svc_port.protocol.is_http:
+        if svc_port is None or not svc_port.protocol.is_http or not scope.visible(svc, port):
             continue
-        domains = [d for d in domains_for(svc, port, proxy.namespace) if d not in taken]
+        # Envoy compares domains case-insensitively and rejects duplicates.
+        domains = [
+            d for d in domains_for(svc, port, proxy.namespace) if d.lower() not in taken
+        ]
         if not domains:
             continue
-        taken.update(domains)
+        taken.update(d.lower() for d in domains)
         vhost = config.virtual_hosts.add(name=f"{host}:{port}", domains=domains)
-        vs = snapshot.virtual_service_for(host)
+        vs = virtual_service_for(snapshot, host, proxy.namespace)
         if vs is None:
             vhost.routes.append(default_route(host, port))
         else:
             vhost.routes.extend(virtual_service_routes(vs, proxy, port, snapshot))
+    config.virtual_hosts.append(_catch_all(scope.outbound_policy))
     return config
+
+
+def _catch_all(policy: str) -> rc.VirtualHost:
+    route = rc.Route(name=policy.lower())
+    route.match.prefix = "/"
+    if policy == ALLOW_ANY:
+        vhost = rc.VirtualHost(name="allow_any", domains=["*"])
+        route.route.cluster = names.PASSTHROUGH_CLUSTER
+        route.route.timeout.CopyFrom(duration(0))
+    else:
+        vhost = rc.VirtualHost(name="block_all", domains=["*"])
+        route.direct_response.status = 502
+    vhost.routes.append(route)
+    return vhost
 
 
 def domains_for(svc: Service, port: int, proxy_namespace: str) -> list[str]:
@@ -84,16 +111,19 @@ def default_route(host: str, port: int) -> rc.Route:
 
 
 def virtual_service_routes(
-    vs: Config, proxy: Proxy, port: int, snapshot: Snapshot
+    vs: Config, proxy: Proxy, port: int, snapshot: Snapshot, gateway: str = MESH
 ) -> list[rc.Route]:
+    """Routes of `vs` for proxies of `gateway`: `mesh` (sidecars) or a Gateway `ns/name`."""
     out = []
     for http in vs.spec.get("http") or ():
         for match in http.get("match") or [None]:
             if match is not None and not _match_applies(match, proxy, port):
                 continue
+            if gateway not in match_gateways(vs, match):
+                continue  # `gateways` (the match's, else the VirtualService's) excludes it
             route = rc.Route(name=str(http.get("name", "")))
             route.match.CopyFrom(_route_match(match))
-            _apply_action(route, http, vs, port, snapshot)
+            _apply_action(route, http, vs, port, snapshot, proxy.namespace)
             out.append(route)
     return out
 
@@ -138,6 +168,8 @@ def _route_match(match: Mapping[str, Any] | None) -> rc.RouteMatch:
         if not spec:
             header.present_match = True
         else:
+            # As Istio: an absent header counts as empty, so "without x: exact prod" matches.
+            header.treat_missing_header_as_empty = True
             header.string_match.CopyFrom(string_matcher(spec))
     for name, spec in (match.get("queryParams") or {}).items():
         query = m.query_parameters.add(name=name)
@@ -149,8 +181,15 @@ def _route_match(match: Mapping[str, Any] | None) -> rc.RouteMatch:
 
 
 def _apply_action(
-    route: rc.Route, http: Mapping[str, Any], vs: Config, port: int, snapshot: Snapshot
+    route: rc.Route,
+    http: Mapping[str, Any],
+    vs: Config,
+    port: int,
+    snapshot: Snapshot,
+    namespace: str = "",
 ) -> None:
+    """Fill a route's action from an Istio http route; `namespace` is the client's, which
+    decides the DestinationRule that supplies consistent-hash settings."""
     if "directResponse" in http:
         direct = http["directResponse"]
         route.direct_response.status = int(direct.get("status", 200))
@@ -198,23 +237,29 @@ def _apply_action(
         route.typed_per_filter_config[policies.FAULT_FILTER].CopyFrom(pack(fault))
     if (cors := policies.cors(http.get("corsPolicy"))) is not None:
         route.typed_per_filter_config[policies.CORS_FILTER].CopyFrom(pack(cors))
-    if (hashing := _hash_policy(clusters, snapshot)) is not None:
+    if (hashing := _hash_policy(clusters, snapshot, namespace)) is not None:
         action.hash_policy.append(hashing)
 
 
-def _hash_policy(clusters: list[str], snapshot: Snapshot) -> rc.RouteAction.HashPolicy | None:
+def _hash_policy(
+    clusters: list[str], snapshot: Snapshot, namespace: str
+) -> rc.RouteAction.HashPolicy | None:
     """Consistent hashing needs the route to say what to hash: take it from the destinations'
     DestinationRule, as long as they all agree (Istio does the same)."""
+    if not clusters:
+        return None
     found = set()
     for cluster in clusters:
         parsed = names.ClusterName.parse(cluster)
         if parsed is None:
             return None
-        lb = cluster_policies.load_balancer(snapshot, parsed.host, parsed.port, parsed.subset)
+        lb = cluster_policies.load_balancer(
+            snapshot, parsed.host, parsed.port, parsed.subset, namespace
+        )
         found.add(repr(lb.get("consistentHash")))
         if len(found) > 1 or "consistentHash" not in lb:
             return None
-    lb = cluster_policies.load_balancer(snapshot, *_host_port_subset(clusters[0]))
+    lb = cluster_policies.load_balancer(snapshot, *_host_port_subset(clusters[0]), namespace)
     return policies.hash_policy(lb["consistentHash"])
 
 
@@ -293,16 +338,34 @@ def _redirect(redirect: rc.RedirectAction, spec: Mapping[str, Any]) -> None:
 def _headers(route: Any, spec: Mapping[str, Any]) -> None:
     """Header operations on a Route or a weighted cluster (both carry the same fields)."""
     request: Mapping[str, Any] = spec.get("request") or {}
+    for op in ("set", "add"):
+        for name, value in (request.get(op) or {}).items():
+            if name.lower() in ("host", ":authority"):
+                action = route.route if isinstance(route, rc.Route) else route
+                action.host_rewrite_literal = str(value)
     response: Mapping[str, Any] = spec.get("response") or {}
     _header_ops(route.request_headers_to_add, route.request_headers_to_remove, request)
     _header_ops(route.response_headers_to_add, route.response_headers_to_remove, response)
 
 
 def _header_ops(add: Any, remove: Any, spec: Mapping[str, Any]) -> None:
+    """Envoy refuses to touch `host` and pseudo-headers in these lists (it would reject the
+    whole route configuration), so they are left out here; `_headers` turns a request `host`
+    into an authority rewrite, as Istio does."""
     overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
     append = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
     for name, value in (spec.get("set") or {}).items():
-        add.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=overwrite)
+        if _modifiable(name):
+            add.add(header=base_pb2.HeaderValue(key=name, value=str(value)),
+                    append_action=overwrite)
     for name, value in (spec.get("add") or {}).items():
-        add.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=append)
-    remove.extend(spec.get("remove") or ())
+        if _modifiable(name):
+            add.add(header=base_pb2.HeaderValue(key=name, value=str(value)), append_action=append)
+    remove.extend(name for name in spec.get("remove") or () if _modifiable(name))
+
+
+def _modifiable(name: str) -> bool:
+    if name.lower() == "host" or name.startswith(":"):
+        log.warning("header %r cannot be set, added or removed; use rewrite.authority", name)
+        return False
+    return True

@@ -129,7 +129,7 @@ def _build(snapshot: Snapshot, proxy: Proxy, default_policy: str) -> Scope:
             hosts=tuple(_host_pattern(h, proxy.namespace) for h in item.get("hosts") or ()),
         )
         for item in sidecar.spec.get("egress") or ()
-    )
+    ) or (EgressListener(None, "", (("*", "*"),)),)  # no egress: Istio's default */*
     policy = (sidecar.spec.get("outboundTrafficPolicy") or {}).get("mode") or default_policy
     return Scope(proxy.namespace, sidecar, egress, str(policy))
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshpilot.model.config import Config, Kind
+from meshpilot.model.credential import Credential
+from meshpilot.model.gateways import MESH, applies_to
 from meshpilot.model.hosts import host_matches, resolve_short_name
 from meshpilot.model.service import Endpoint, Service
 
@@ -34,6 +36,8 @@ class Snapshot:
     destination_rules: tuple[Config, ...] = ()
     gateways: tuple[Config, ...] = ()
     sidecars: tuple[Config, ...] = ()
+    secrets: Mapping[str, Credential] = field(default_factory=dict)
+    """Gateway credentials from `--secrets-dir`, keyed `name` or `namespace/name`."""
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -43,6 +47,7 @@ class Snapshot:
         services: Iterable[Service],
         endpoints: Iterable[Endpoint],
         configs: Iterable[Config],
+        secrets: Mapping[str, Credential] | None = None,
     ) -> Snapshot:
         by_host: dict[str, Service] = {}
         for svc in sorted(services, key=lambda s: (s.hostname, s.namespace)):
@@ -57,6 +62,7 @@ class Snapshot:
             destination_rules=tuple(c for c in configs if c.kind == Kind.DESTINATION_RULE),
             gateways=tuple(c for c in configs if c.kind == Kind.GATEWAY),
             sidecars=tuple(c for c in configs if c.kind == Kind.SIDECAR),
+            secrets=dict(secrets or {}),
         )
 
     def with_endpoints(self, version: str, changed: Mapping[str, Iterable[Endpoint]]) -> Snapshot:
@@ -71,14 +77,16 @@ class Snapshot:
 
     @property
     def routes_use_source_labels(self) -> bool:
-        """Whether any VirtualService matches on the client's labels, making routes per-proxy."""
+        """Whether any VirtualService matches on the client's labels (in http, tcp or tls
+        routes), making routes and listeners per-proxy."""
         key = ("uses-source-labels",)
         if key not in self.cache:
             self.cache[key] = any(
                 "sourceLabels" in match
                 for vs in self.virtual_services
-                for http in vs.spec.get("http") or ()
-                for match in http.get("match") or ()
+                for kind in ("http", "tcp", "tls")
+                for route in vs.spec.get(kind) or ()
+                for match in route.get("match") or ()
             )
         uses: bool = self.cache[key]
         return uses
@@ -87,7 +95,8 @@ class Snapshot:
         return self.endpoints.get((hostname, port), ())
 
     def virtual_service_for(self, hostname: str) -> Config | None:
-        """The VirtualService that routes `hostname`: exact host first, then wildcards."""
+        """The VirtualService that routes `hostname` for sidecars: exact host first, then
+        wildcards; VirtualServices bound only to gateways are not considered."""
         key = ("vs-for", hostname)
         if key not in self.cache:
             self.cache[key] = self._find_virtual_service(hostname)
@@ -97,6 +106,8 @@ class Snapshot:
     def _find_virtual_service(self, hostname: str) -> Config | None:
         wildcard: Config | None = None
         for vs in self.virtual_services:
+            if not applies_to(vs, MESH):
+                continue  # bound to gateways only: sidecars never see it
             for host in vs.spec.get("hosts") or ():
                 resolved = resolve_short_name(host, vs.namespace)
                 if resolved == hostname:

@@ -195,7 +195,7 @@ class ServiceEntryRegistry:
         cached = self._endpoints.get(key)
         if cached is None:
             cached = self._endpoints[key] = self._compute_endpoints(key)
-        return cached
+        return list(cached)  # a copy: callers must not be able to change the cache
 
     def _compute_endpoints(self, host: HostKey) -> list[Endpoint]:
         out: list[Endpoint] = []
@@ -299,6 +299,8 @@ class ServiceEntryRegistry:
                 self._add_workload(new)
                 hosts |= self._hosts_selecting(new)
             self._invalidate(hosts)
+            if not hosts:
+                return  # selected by no ServiceEntry: no endpoint moved, nothing to push
             log.debug("%s %s moves endpoints of %s", event, current.key, sorted(hosts))
             self._updater.config_update(
                 PushRequest(

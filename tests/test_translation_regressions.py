@@ -1,0 +1,67 @@
+"""Behaviours that once went wrong, each checked by simulation and, where Envoy would have
+refused the config, by a real Envoy."""
+
+from __future__ import annotations
+
+from meshpilot.envoy.cluster_policies import traffic_policy
+from meshpilot.envoy.names import outbound_cluster
+from meshpilot.model import Config, Kind
+from tests.configs import service_entry, virtual_service
+from tests.envoy_check import envoy_rejects
+from tests.simulation import Request, Simulation, sidecar, snapshot_of
+from tests.test_translation import ALL, CLIENT, MESH, REVIEWS, V1, V2, on, routes, send, to
+
+
+def test_without_headers_value_match_accepts_an_absent_header() -> None:
+    vs = routes(on({"withoutHeaders": {"x-env": {"exact": "prod"}}}, "v2"), {"route": [to("v1")]})
+    assert send(vs).cluster == V2
+    assert send(vs, headers={"x-env": "prod"}).cluster == V1
+
+
+def test_setting_host_header_rewrites_authority_and_envoy_accepts_it() -> None:
+    vs = routes({"headers": {"request": {"set": {"host": "other.example"}}},
+                 "route": [to("v1")]})
+    result = send(vs)
+    assert result.cluster == V1
+    assert result.upstream_host == "other.example"
+    assert envoy_rejects(snapshot_of([*MESH, vs]), CLIENT) == ""
+
+
+def test_port_level_settings_do_not_inherit_top_level_sections() -> None:
+    rule = Config(Kind.DESTINATION_RULE, "r", "default", {
+        "host": REVIEWS,
+        "trafficPolicy": {
+            "loadBalancer": {"simple": "RANDOM"},
+            "portLevelSettings": [{"port": {"number": 9080},
+                                   "connectionPool": {"tcp": {"maxConnections": 3}}}],
+        },
+    })
+    policy = traffic_policy(snapshot_of([*MESH, rule]), REVIEWS, 9080)
+    assert "loadBalancer" not in policy
+    assert policy["connectionPool"] == {"tcp": {"maxConnections": 3}}
+
+
+def test_hosts_differing_only_in_case_do_not_break_the_route_config() -> None:
+    configs = [
+        service_entry("a", ["api.example.com"], endpoints=[{"address": "10.9.0.1"}]),
+        service_entry("b", ["API.example.com"], endpoints=[{"address": "10.9.0.2"}]),
+    ]
+    snapshot = snapshot_of(configs)
+    assert envoy_rejects(snapshot, CLIENT) == ""
+    result = Simulation(snapshot, CLIENT).run(Request("127.0.0.1", 9080, "api.example.com"))
+    assert result.cluster == outbound_cluster("API.example.com", 9080)
+
+
+def test_all_zero_weights_from_unvalidated_sources_go_nowhere_without_crashing() -> None:
+    vs = virtual_service("z", ["reviews"], [{"route": [to("v1", 0), to("v2", 0)]}])
+    assert send(vs).cluster == "BlackHoleCluster"
+
+
+def test_sidecar_without_egress_sees_every_service() -> None:
+    policy_only = Config(Kind.SIDECAR, "default", "default",
+                         {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})
+    assert send(policy_only).cluster == ALL
+    unknown = Simulation(snapshot_of([*MESH, policy_only]), sidecar()).run(
+        Request("127.0.0.1", 9080, "nowhere.example")
+    )
+    assert unknown.direct_response == 502
