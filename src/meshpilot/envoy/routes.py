@@ -64,7 +64,7 @@ def route_config(
         vhost = config.virtual_hosts.add(name=f"{host}:{port}", domains=domains)
         vs = virtual_service_for(snapshot, host, proxy.namespace)
         if vs is None:
-            vhost.routes.append(default_route(host, port))
+            vhost.routes.append(default_route(host, port, snapshot, proxy.namespace))
         else:
             vhost.routes.extend(virtual_service_routes(vs, proxy, port, snapshot))
     config.virtual_hosts.append(_catch_all(scope.outbound_policy))
@@ -102,11 +102,18 @@ def domains_for(svc: Service, port: int, proxy_namespace: str) -> list[str]:
     return [d for h in hosts for d in (h, f"{h}:{port}")]
 
 
-def default_route(host: str, port: int) -> rc.Route:
+def default_route(
+    host: str, port: int, snapshot: Snapshot | None = None, namespace: str = ""
+) -> rc.Route:
+    """The route of a service without a VirtualService; with the snapshot it also carries the
+    consistent-hash policy of the service's DestinationRule."""
     route = rc.Route(name="default")
     route.match.prefix = "/"
-    route.route.cluster = names.outbound_cluster(host, port)
+    cluster = names.outbound_cluster(host, port)
+    route.route.cluster = cluster
     _istio_defaults(route.route)
+    if snapshot is not None and (hashing := _hash_policy([cluster], snapshot, namespace)):
+        route.route.hash_policy.append(hashing)
     return route
 
 
