@@ -222,7 +222,9 @@ INVALID_SPECS = [
     (WE, "address: 'unix:///s.sock'\nports: {http: 80}", "spec.address", "must not include"),
     (WE, "address: 10.0.0.1\nserviceaccount: x", "spec.serviceaccount", "unknown field"),
     # VirtualService
-    (VS, "http: [{route: [{destination: {host: a}}]}]", "spec.hosts", "at least one host"),
+    (VS, "gateways: [gw]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.gateways",
+     "delegate virtual service must have no gateways"),
+    (VS, "http: [{delegate: {name: b}}]", "spec.http[0].delegate", "cannot delegate"),
     (VS, "hosts: [a]", "spec", "http, tcp or tls must be provided"),
     (VS, "hosts: ['*']\nhttp: [{route: [{destination: {host: a}}]}]", "spec.hosts[0]",
      "mesh gateway"),

@@ -25,11 +25,10 @@ def test_applied_fields_pass() -> None:
 
 
 def test_unapplied_fields_are_named_with_their_path() -> None:
-    config = vs({"delegate": {"name": "d"},
-                 "fault": {"delay": {"exponentialDelay": "1s"}},
-                 "route": [{"destination": {"host": "r"}}]})
+    config = vs({"redirect": {"uri": "/x", "derivePort": "FROM_REQUEST_PORT"},
+                 "fault": {"delay": {"exponentialDelay": "1s"}}})
     assert unsupported_fields(config) == [
-        "spec.http[0].delegate", "spec.http[0].fault.delay.exponentialDelay",
+        "spec.http[0].redirect.derivePort", "spec.http[0].fault.delay.exponentialDelay",
     ]
     rule = Config(Kind.DESTINATION_RULE, "r", "default", {
         "host": "r", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"enabled": True}}}})
@@ -41,13 +40,15 @@ def test_warned_once_per_version_and_forgotten_on_delete(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="meshpilot.config")
     report = UnsupportedFields()
-    config = vs({"delegate": {"name": "d"}})
+    config = vs({"redirect": {"derivePort": "FROM_REQUEST_PORT"}})
     report.on_config(None, config, Event.ADD)
     report.on_config(config, config, Event.UPDATE)
     assert [r.getMessage() for r in caplog.records] == [
-        "vs.yaml:3: VirtualService default/r: spec.http[0].delegate is not applied by "
-        "meshpilot (field ignored)"
+        "vs.yaml:3: VirtualService default/r: spec.http[0].redirect.derivePort is not applied "
+        "by meshpilot (field ignored)"
     ]
-    assert report.by_config == {"VirtualService default/r": ["spec.http[0].delegate"]}
+    assert report.by_config == {
+        "VirtualService default/r": ["spec.http[0].redirect.derivePort"]
+    }
     report.on_config(config, None, Event.DELETE)
     assert report.by_config == {}

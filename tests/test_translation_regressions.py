@@ -3,6 +3,8 @@ refused the config, by a real Envoy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from meshpilot.envoy.cluster_policies import traffic_policy
 from meshpilot.envoy.names import outbound_cluster
 from meshpilot.model import Config, Kind
@@ -65,3 +67,46 @@ def test_sidecar_without_egress_sees_every_service() -> None:
         Request("127.0.0.1", 9080, "nowhere.example")
     )
     assert unknown.direct_response == 502
+
+
+# --- Delegation --------------------------------------------------------------------------------
+
+
+def _delegating(root_match: list[dict[str, Any]] | None, *delegate_http: dict[str, Any],
+                namespace: str = "default") -> list[Config]:
+    root_route: dict[str, Any] = {"delegate": {"name": "reviews-delegate",
+                                               "namespace": namespace}}
+    if root_match is not None:
+        root_route["match"] = root_match
+    return [
+        virtual_service("root", ["reviews"], [root_route, {"route": [to("v1")]}]),
+        Config(Kind.VIRTUAL_SERVICE, "reviews-delegate", namespace,
+               {"http": list(delegate_http)}),
+    ]
+
+
+def test_delegate_routes_narrow_the_root_match() -> None:
+    configs = _delegating(
+        [{"uri": {"prefix": "/api"}}],
+        {"name": "v2-api", "match": [{"uri": {"prefix": "/api/v2"}}], "route": [to("v2")]},
+        {"name": "elsewhere", "match": [{"uri": {"prefix": "/web"}}], "route": [to("v2")]},
+    )
+    assert send(*configs, path="/api/v2/x").route_name == "v2-api"
+    assert send(*configs, path="/api/v1").cluster == V1  # falls through to the root's rest
+    assert send(*configs, path="/web").cluster == V1  # the conflicting delegate route is gone
+
+
+def test_delegate_headers_combine_with_the_root_match() -> None:
+    configs = _delegating(
+        [{"headers": {"end-user": {"exact": "jason"}}}],
+        {"match": [{"uri": {"prefix": "/"}}], "route": [to("v2")]},
+    )
+    assert send(*configs, headers={"end-user": "jason"}).cluster == V2
+    assert send(*configs).cluster == V1
+
+
+def test_delegate_in_another_namespace_resolves_short_names_there() -> None:
+    configs = _delegating(None, {"route": [{"destination": {
+        "host": "reviews.default.svc.cluster.local", "subset": "v2"}}]}, namespace="team")
+    assert send(*configs).cluster == V2
+    assert envoy_rejects(snapshot_of([*MESH, *configs]), CLIENT) == ""

@@ -39,6 +39,7 @@ _HTTP_MATCH = {
 }
 _HTTP_ROUTE = {
     "name": ALL,
+    "delegate": {"name": ALL, "namespace": ALL},
     "match": [_HTTP_MATCH],
     "route": [{"destination": _DESTINATION, "weight": ALL,
                "headers": {"request": _HEADER_OPS, "response": _HEADER_OPS}}],

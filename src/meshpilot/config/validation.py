@@ -579,11 +579,23 @@ def validate_virtual_service(spec: Mapping[str, Any]) -> list[Problem]:
     gateways = [g for _, g in c.strings(spec.get("gateways"), field_path(base, "gateways"))]
     _check_gateway_names(c, spec.get("gateways"), field_path(base, "gateways"))
     applies_to_mesh = not gateways or MESH_GATEWAY in gateways
-    _check_virtual_service_hosts(c, spec.get("hosts"), field_path(base, "hosts"), applies_to_mesh)
+    # As in Istio, a VirtualService without hosts is a delegate: only the http routes of a
+    # root VirtualService that names it (`delegate`) use it, so it may not bind gateways or
+    # carry TCP/TLS routes, and it may not delegate further.
+    delegate = not spec.get("hosts")
+    if delegate:
+        for field in ("gateways", "tcp", "tls"):
+            if spec.get(field):
+                c.add(field_path(base, field), f"delegate virtual service must have no {field}")
+    else:
+        _check_virtual_service_hosts(c, spec.get("hosts"), field_path(base, "hosts"),
+                                     applies_to_mesh)
     if not any(spec.get(k) for k in ("http", "tcp", "tls")):
         c.add(base, "http, tcp or tls must be provided in virtual service")
     for path, route in c.mappings(spec.get("http"), field_path(base, "http")):
         _check_http_route(c, route, path)
+        if delegate and route.get("delegate") is not None:
+            c.add(field_path(path, "delegate"), "a delegate virtual service cannot delegate")
     for path, route in c.mappings(spec.get("tcp"), field_path(base, "tcp")):
         _check_l4_route(c, route, path, tls=False)
     for path, route in c.mappings(spec.get("tls"), field_path(base, "tls")):

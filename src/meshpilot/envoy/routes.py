@@ -16,7 +16,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-from meshpilot.envoy import cluster_policies, names
+from meshpilot.envoy import cluster_policies, delegation, names
 from meshpilot.envoy import route_policies as policies
 from meshpilot.envoy.matchers import string_matcher
 from meshpilot.envoy.protos import duration, pack, parse_duration
@@ -120,17 +120,30 @@ def default_route(
 def virtual_service_routes(
     vs: Config, proxy: Proxy, port: int, snapshot: Snapshot, gateway: str = MESH
 ) -> list[rc.Route]:
-    """Routes of `vs` for proxies of `gateway`: `mesh` (sidecars) or a Gateway `ns/name`."""
+    """Routes of `vs` for proxies of `gateway`: `mesh` (sidecars) or a Gateway `ns/name`.
+
+    A route that delegates is replaced by the delegate's routes (see `delegation`); their
+    destinations are read in the delegate's namespace."""
     out = []
     for http in vs.spec.get("http") or ():
-        for match in http.get("match") or [None]:
+        if "delegate" in http:
+            delegate = delegation.find_delegate(snapshot, vs, http["delegate"])
+            if delegate is None:
+                continue
+            pairs = [
+                (own_http, delegate, match)
+                for own_http, match in delegation.delegated_routes(http, delegate)
+            ]
+        else:
+            pairs = [(http, vs, match) for match in http.get("match") or [None]]
+        for route_http, owner, match in pairs:
             if match is not None and not _match_applies(match, proxy, port):
                 continue
             if gateway not in match_gateways(vs, match):
                 continue  # `gateways` (the match's, else the VirtualService's) excludes it
-            route = rc.Route(name=str(http.get("name", "")))
+            route = rc.Route(name=str(route_http.get("name", "")))
             route.match.CopyFrom(_route_match(match))
-            _apply_action(route, http, vs, port, snapshot, proxy.namespace)
+            _apply_action(route, route_http, owner, port, snapshot, proxy.namespace)
             out.append(route)
     return out
 
