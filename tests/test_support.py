@@ -31,8 +31,11 @@ def test_unapplied_fields_are_named_with_their_path() -> None:
         "spec.http[0].redirect.derivePort", "spec.http[0].fault.delay.exponentialDelay",
     ]
     rule = Config(Kind.DESTINATION_RULE, "r", "default", {
-        "host": "r", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"enabled": True}}}})
-    assert unsupported_fields(rule) == ["spec.trafficPolicy.loadBalancer.localityLbSetting"]
+        "host": "r",
+        "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"failoverPriority": ["a"]}}}})
+    assert unsupported_fields(rule) == [
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority"
+    ]
 
 
 def test_warned_once_per_version_and_forgotten_on_delete(

@@ -106,6 +106,30 @@ spec:
   - hosts: [./reviews.default.svc.cluster.local, ./ratings-db.default.svc.cluster.local]
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 """,
+    # Locality failover: two sidecar-less backends in different zones of one region.
+    """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: zoned, namespace: default}
+spec:
+  hosts: [zoned.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.10.30, ports: {http: ZONE_A_PORT}, locality: r1/zone-a}
+  - {address: 127.0.10.31, ports: {http: ZONE_B_PORT}, locality: r1/zone-b}
+""",
+    """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: zoned, namespace: default}
+spec:
+  host: zoned.example
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s,
+                       maxEjectionPercent: 100}
+""",
     # TCP: ratings-db's port is sent to reviews-v2 instead.
     """
 apiVersion: networking.istio.io/v1
@@ -125,13 +149,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     prefix = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}."
     mesh = Mesh(tmp_path_factory.mktemp("traffic"), prefix=prefix)
     mesh.write_example_config()
-    mesh.write_config("features.yaml", FEATURES)
+    zones = [Workload(f"zone-{z}", mesh.address(n), {"app": "zoned"}, "", app_host=mesh.address(n))
+             for z, n in (("a", 30), ("b", 31))]
+    mesh.write_config("features.yaml", FEATURES.replace("ZONE_A_PORT", str(zones[0].app_port))
+                      .replace("ZONE_B_PORT", str(zones[1].app_port)))
     mesh.start_discovery(["--debounce-after", "0.05"])
     try:
         mesh.wait_ready()
         workloads = example_workloads(mesh)
         workloads.append(Workload("strict-client", mesh.address(20), {"app": "strict"},
                                   mesh.address(2)))
+        workloads.append(Workload("zoned-client", mesh.address(21), {"app": "zoned-client"},
+                                  mesh.address(3), locality="r1/zone-a"))
+        for zone in zones:
+            mesh.start_app(zone)  # no sidecars: the endpoints are the applications themselves
         for workload in workloads:
             mesh.start_workload(workload)
         for name in mesh.workloads:
@@ -259,3 +290,16 @@ def test_sidecar_scopes_egress_and_blocks_unknown_hosts(mesh: Mesh) -> None:
     # The unrestricted client reaches an unknown host by passthrough.
     app = mesh.workloads["reviews-v1"].app_address
     assert send(mesh, app)[1].get("x-workload") == "reviews-v1"
+
+
+def test_locality_failover(mesh: Mesh) -> None:
+    """A client in zone-a uses zone-a's backend; when it dies, outlier detection ejects it
+    and traffic fails over to zone-b."""
+    served = collections.Counter(
+        send(mesh, "zoned.example", client="zoned-client")[1]["x-workload"] for _ in range(20)
+    )
+    assert served == {"zone-a": 20}
+    mesh.stop_app("zone-a")
+    wait_until(lambda: send(mesh, "zoned.example", client="zoned-client")[0] == 200
+               and all(send(mesh, "zoned.example", client="zoned-client")[1]["x-workload"]
+                       == "zone-b" for _ in range(10)), 15, "failover to zone-b")

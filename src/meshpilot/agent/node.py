@@ -36,7 +36,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format, struct_pb2
 
 from meshpilot import __version__
-from meshpilot.model import NodeType, Proxy
+from meshpilot.model import Locality, NodeType, Proxy
 
 NAMESPACE = "NAMESPACE"
 LABELS = "LABELS"
@@ -141,6 +141,8 @@ class NodeInfo:
     instance_ips: tuple[str, ...] = ()
     network: str = ""
     cluster_id: str = ""
+    locality: str = ""
+    """`region/zone/subzone`, sent as the xDS node's locality (as Istio's agent does)."""
     outbound_bind: str = DEFAULT_OUTBOUND_BIND
     app_address: str = ""
     admin_address: str = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
@@ -176,6 +178,9 @@ class NodeInfo:
     def to_node_proto(self) -> base_pb2.Node:
         node = base_pb2.Node(id=self.effective_node_id, cluster=self.service_cluster)
         node.metadata.update(self.metadata())
+        where = Locality.parse(self.locality)
+        node.locality.region, node.locality.zone = where.region, where.zone
+        node.locality.sub_zone = where.subzone
         return node
 
 
@@ -211,6 +216,7 @@ def proxy_from_node(node: base_pb2.Node) -> Proxy:
         ip_addresses=ips,
         network=_str(metadata, NETWORK),
         cluster_id=_str(metadata, CLUSTER_ID),
+        locality=Locality(node.locality.region, node.locality.zone, node.locality.sub_zone),
         outbound_bind=_str(metadata, OUTBOUND_BIND) or DEFAULT_OUTBOUND_BIND,
         app_address=_str(metadata, APP_ADDRESS),
         admin_address=_str(metadata, ADMIN_ADDRESS),

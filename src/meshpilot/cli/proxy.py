@@ -134,6 +134,13 @@ NetworkOption = Annotated[str, typer.Option("--network", help="Network the insta
 ClusterIdOption = Annotated[
     str, typer.Option("--cluster-id", help="Registry cluster the instance belongs to.")
 ]
+LocalityOption = Annotated[
+    str,
+    typer.Option(
+        "--locality", metavar="REGION/ZONE/SUBZONE",
+        help="Where the proxy runs, for locality-aware load balancing.",
+    ),
+]
 AdminPortOption = Annotated[
     int, typer.Option("--admin-port", metavar="PORT", help="Envoy admin port on 127.0.0.1.")
 ]
@@ -155,6 +162,7 @@ class IdentityArgs:
     app_address: str = ""
     network: str = ""
     cluster_id: str = ""
+    locality: str = ""
     admin_port: int = DEFAULT_ADMIN_PORT
     xds_variant: XdsVariant = XdsVariant.SOTW
 
@@ -175,6 +183,7 @@ class IdentityArgs:
             instance_ips=ips,
             network=self.network,
             cluster_id=self.cluster_id,
+            locality=_check_locality(self.locality),
             outbound_bind=_check_ip(self.outbound_bind, "--outbound-bind"),
             app_address=_app_address(self.app_address),
             admin_address=str(HostPort("127.0.0.1", _check_port(self.admin_port))),
@@ -191,6 +200,13 @@ class RunArgs:
     config_path: Path | None
     envoy_log_file: Path | None
     concurrency: int
+
+
+def _check_locality(text: str) -> str:
+    parts = text.split("/") if text else []
+    if len(parts) > 3 or (parts and not parts[0]):
+        raise ValueError(f"--locality: {text!r} is not region[/zone[/subzone]]")
+    return text
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -407,6 +423,7 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
         app_address: AppAddressOption = "",
         network: NetworkOption = "",
         cluster_id: ClusterIdOption = "",
+        locality: LocalityOption = "",
         admin_port: AdminPortOption = DEFAULT_ADMIN_PORT,
         xds_variant: XdsVariantOption = XdsVariant.SOTW,
         log_level: Annotated[
@@ -442,6 +459,7 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
             app_address=app_address,
             network=network,
             cluster_id=cluster_id,
+            locality=locality,
             admin_port=admin_port,
             xds_variant=xds_variant,
         )
@@ -473,6 +491,7 @@ def bootstrap_command(
     app_address: AppAddressOption = "",
     network: NetworkOption = "",
     cluster_id: ClusterIdOption = "",
+    locality: LocalityOption = "",
     admin_port: AdminPortOption = DEFAULT_ADMIN_PORT,
     xds_variant: XdsVariantOption = XdsVariant.SOTW,
     output: Annotated[
@@ -491,6 +510,7 @@ def bootstrap_command(
         app_address=app_address,
         network=network,
         cluster_id=cluster_id,
+        locality=locality,
         admin_port=admin_port,
         xds_variant=xds_variant,
     )

@@ -74,6 +74,7 @@ _TLS_SETTINGS = {
 _TRAFFIC_POLICY_SECTIONS = {
     "loadBalancer": {
         "simple": ALL,
+        "localityLbSetting": {"enabled": ALL, "distribute": ALL, "failover": ALL},
         "consistentHash": {
             "httpHeaderName": ALL, "httpCookie": {"name": ALL, "path": ALL, "ttl": ALL},
             "useSourceIp": ALL, "httpQueryParameterName": ALL,
@@ -122,7 +123,25 @@ SUPPORTED: Mapping[str, Tree] = {
         "host": ALL, "exportTo": ALL, "trafficPolicy": _TRAFFIC_POLICY,
         "subsets": [{"name": ALL, "labels": ALL, "trafficPolicy": _TRAFFIC_POLICY}],
     },
-    Kind.GATEWAY: ALL,
+    Kind.GATEWAY: {
+        # Translated by envoy/gateway.py and envoy/tls.py; `defaultEndpoint` and the deprecated
+        # `port.targetPort` are not applied, so they are named here by omission.
+        "selector": ALL,
+        "servers": [{
+            "port": {"number": ALL, "name": ALL, "protocol": ALL},
+            "bind": ALL, "hosts": ALL, "name": ALL,
+            "tls": {
+                "httpsRedirect": ALL, "mode": ALL, "serverCertificate": ALL, "privateKey": ALL,
+                "caCertificates": ALL, "caCrl": ALL, "credentialName": ALL,
+                "credentialNames": ALL, "subjectAltNames": ALL, "verifyCertificateSpki": ALL,
+                "verifyCertificateHash": ALL, "minProtocolVersion": ALL,
+                "maxProtocolVersion": ALL, "cipherSuites": ALL,
+                "tlsCertificates": [
+                    {"serverCertificate": ALL, "privateKey": ALL, "caCertificates": ALL},
+                ],
+            },
+        }],
+    },
     Kind.SIDECAR: {
         "workloadSelector": ALL,
         "ingress": [{"port": ALL, "bind": ALL, "defaultEndpoint": ALL, "captureMode": ALL}],

@@ -84,10 +84,12 @@ class Workload:
     app_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     xds_variant: str = "sotw"
+    locality: str = ""
+    app_host: str = "127.0.0.1"
 
     @property
     def app_address(self) -> str:
-        return f"127.0.0.1:{self.app_port}"
+        return f"{self.app_host}:{self.app_port}"
 
     @property
     def admin_address(self) -> str:
@@ -196,6 +198,9 @@ class Mesh:
             ],
         )
 
+    def stop_app(self, name: str) -> None:
+        self._stop(f"app-{name}")
+
     def start_sidecar(self, workload: Workload) -> None:
         self.workloads[workload.name] = workload
         labels = ",".join(f"{k}={v}" for k, v in workload.labels.items())
@@ -225,6 +230,44 @@ class Mesh:
                 str(workload.admin_port),
                 "--xds-variant",
                 workload.xds_variant,
+                "--locality",
+                workload.locality,
+                "--config-path",
+                str(config_path),
+            ],
+        )
+
+    def start_router(self, router: Workload) -> None:
+        """An ingress gateway: `meshpilot proxy router`, its listeners on `outbound_bind`.
+
+        A router has no application behind it; `router.app_port` is unused.
+        """
+        self.workloads[router.name] = router
+        labels = ",".join(f"{k}={v}" for k, v in router.labels.items())
+        config_path = self.workdir / "proxies" / router.name
+        config_path.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            f"router-{router.name}",
+            [
+                *self._meshpilot(),
+                "proxy",
+                "router",
+                "--discovery-address",
+                self.xds_address,
+                "--namespace",
+                router.namespace,
+                "--workload-name",
+                router.name,
+                "--labels",
+                labels,
+                "--ip",
+                router.ip,
+                "--outbound-bind",
+                router.outbound_bind,
+                "--admin-port",
+                str(router.admin_port),
+                "--xds-variant",
+                router.xds_variant,
                 "--config-path",
                 str(config_path),
             ],

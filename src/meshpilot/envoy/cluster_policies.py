@@ -18,6 +18,7 @@ from envoy.config.core.v3 import protocol_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from meshpilot.envoy import locality_lb
 from meshpilot.envoy.protos import pack, parse_duration
 from meshpilot.envoy.scope import destination_rule_for
 from meshpilot.model import Protocol
@@ -79,6 +80,8 @@ def load_balancer(
 def apply(cluster: cluster_pb2.Cluster, policy: Policy, protocol: Protocol) -> None:
     """Apply a merged policy to an outbound cluster (EDS, DNS or static)."""
     _load_balancer(cluster, policy.get("loadBalancer") or {})
+    if locality_lb.needs_locality_weights(policy):
+        cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
     _circuit_breakers(cluster, (policy.get("connectionPool") or {}))
     _http_options(cluster, policy.get("connectionPool") or {}, protocol)
     if "outlierDetection" in policy:

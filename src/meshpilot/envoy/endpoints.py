@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from meshpilot.envoy import locality_lb
+from meshpilot.envoy.cluster_policies import traffic_policy
 from meshpilot.envoy.names import OUTBOUND, ClusterName
 from meshpilot.envoy.scope import destination_rule_for
 from meshpilot.model import Endpoint, HealthStatus, Locality
@@ -37,9 +39,11 @@ def subset_labels(
 
 
 def load_assignment(
-    snapshot: Snapshot, name: str, namespace: str = ""
+    snapshot: Snapshot, name: str, namespace: str = "", client: Locality | None = None
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects."""
+    """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects.
+
+    With the client's locality, locality-aware balancing shapes it (see `locality_lb`)."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     parsed = ClusterName.parse(name)
     if parsed is None or parsed.direction != OUTBOUND:
@@ -69,4 +73,19 @@ def load_assignment(
             lb.load_balancing_weight.value = max(ep.weight, 1)
             total += max(ep.weight, 1)
         group.load_balancing_weight.value = total
+    if client is not None:
+        policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace)
+        locality_lb.apply(cla, policy, client)
     return cla
+
+
+def client_locality(
+    snapshot: Snapshot, name: str, namespace: str, client: Locality
+) -> Locality | None:
+    """The client's locality when its assignment for `name` depends on it, else None: the
+    part of the EDS cache key that keeps proxies elsewhere from sharing a shaped result."""
+    parsed = ClusterName.parse(name)
+    if parsed is None or parsed.direction != OUTBOUND:
+        return None
+    policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace)
+    return client if locality_lb.uses_locality(policy) else None

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpilot.model.service import Locality
+
 
 class NodeType(enum.StrEnum):
     SIDECAR = "sidecar"
@@ -26,6 +28,8 @@ class Proxy:
     ip_addresses: tuple[str, ...] = ()
     network: str = ""
     cluster_id: str = ""
+    locality: Locality = Locality()
+    """Where the proxy runs (xDS `node.locality`): the base of locality-aware balancing."""
     outbound_bind: str = "127.0.0.1"
     """Where outbound listeners bind: the application reaches services here (capture mode NONE)."""
     app_address: str = ""
@@ -36,3 +40,9 @@ class Proxy:
     @property
     def short_name(self) -> str:
         return f"{self.workload_name}.{self.namespace}"
+
+    @property
+    def proxyless(self) -> bool:
+        """A proxyless gRPC client rather than an Envoy: Istio's agent marks those with node
+        metadata `GENERATOR: grpc`, and they get their own translation (envoy/proxyless.py)."""
+        return self.metadata.get("GENERATOR") == "grpc"

@@ -1,0 +1,85 @@
+"""Locality-aware balancing: what each proxy's endpoints look like, by where the proxy is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshpilot.model import Config, Kind, Locality, NodeType, Proxy
+from tests.envoy_check import envoy_rejects
+from tests.simulation import Simulation, snapshot_of
+
+HOST = "zoned.default.svc.cluster.local"
+CLUSTER = f"outbound|9080||{HOST}"
+
+
+def mesh(policy: dict[str, Any]) -> list[Config]:
+    endpoints = [
+        {"address": "10.1.0.1", "locality": "r1/a/x"},
+        {"address": "10.1.0.2", "locality": "r1/b"},
+        {"address": "10.2.0.1", "locality": "r2/a"},
+        {"address": "10.3.0.1", "locality": "r3/a"},
+    ]
+    return [
+        Config(Kind.SERVICE_ENTRY, "zoned", "default", {
+            "hosts": [HOST], "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
+            "resolution": "STATIC", "location": "MESH_INTERNAL", "endpoints": endpoints}),
+        Config(Kind.DESTINATION_RULE, "zoned", "default",
+               {"host": HOST, "trafficPolicy": policy}),
+    ]
+
+
+def client(locality: str) -> Proxy:
+    return Proxy(id="c", type=NodeType.SIDECAR, namespace="default", workload_name="c",
+                 locality=Locality.parse(locality))
+
+
+def groups(policy: dict[str, Any], where: str) -> dict[str, tuple[int, int]]:
+    """Locality → (priority, weight) of the proxy's assignment."""
+    cla = Simulation(snapshot_of(mesh(policy)), client(where)).load_assignment(CLUSTER)
+    return {
+        str(Locality(g.locality.region, g.locality.zone, g.locality.sub_zone)):
+            (g.priority, g.load_balancing_weight.value)
+        for g in cla.endpoints
+    }
+
+
+OUTLIERS = {"outlierDetection": {"consecutive5xxErrors": 1}}
+
+
+def test_without_outlier_detection_every_locality_is_equal() -> None:
+    assert {p for p, _ in groups({}, "r1/a/x").values()} == {0}
+
+
+def test_failover_priorities_follow_closeness() -> None:
+    assert groups(OUTLIERS, "r1/a/x") == {
+        "r1/a/x": (0, 1), "r1/b": (2, 1), "r2/a": (3, 1), "r3/a": (3, 1),
+    }
+    assert groups(OUTLIERS, "r2/a")["r2/a"][0] == 0
+
+
+def test_failover_moves_the_named_region_next() -> None:
+    policy = {**OUTLIERS, "loadBalancer": {"localityLbSetting": {
+        "failover": [{"from": "r1", "to": "r3"}]}}}
+    assert groups(policy, "r1/b") == {
+        "r1/a/x": (2, 1), "r1/b": (0, 1), "r3/a": (3, 1), "r2/a": (4, 1),
+    }
+
+
+def test_distribute_splits_by_percentage_for_matching_clients() -> None:
+    policy = {"loadBalancer": {"localityLbSetting": {"distribute": [
+        {"from": "r1/*", "to": {"r1/*": 80, "r2/*": 20}}]}}}
+    shaped = groups(policy, "r1/a/x")
+    assert shaped == {"r1/a/x": (0, 40_000), "r1/b": (0, 40_000), "r2/a": (0, 20_000)}
+    # A client elsewhere is not shaped by that rule.
+    assert set(groups(policy, "r3/a")) == {"r1/a/x", "r1/b", "r2/a", "r3/a"}
+
+
+def test_disabled_setting_turns_it_off() -> None:
+    policy = {**OUTLIERS, "loadBalancer": {"localityLbSetting": {"enabled": False}}}
+    assert {p for p, _ in groups(policy, "r1/a/x").values()} == {0}
+
+
+def test_envoy_accepts_shaped_assignments() -> None:
+    policy = {**OUTLIERS, "loadBalancer": {"localityLbSetting": {"distribute": [
+        {"from": "*", "to": {"r1/*": 50, "r3/*": 50}}]}}}
+    assert envoy_rejects(snapshot_of(mesh(policy)), client("r1/a/x")) == ""
