@@ -29,7 +29,8 @@ def _se(name: str, hosts: list[str], ports: list[dict[str, Any]], **spec: Any) -
 HTTP = [{"number": 9080, "name": "http", "protocol": "HTTP"}]
 MESH = [
     _se("reviews", [REVIEWS], HTTP),
-    _se("db", ["db.default.svc.cluster.local"], [{"number": 5432, "name": "tcp", "protocol": "TCP"}]),
+    _se("db", ["db.default.svc.cluster.local"],
+        [{"number": 5432, "name": "tcp", "protocol": "TCP"}]),
     _se("ext", ["api.example.com", "other.example.com"],
         [{"number": 443, "name": "tls", "protocol": "TLS"}], location="MESH_EXTERNAL"),
     Config(Kind.DESTINATION_RULE, "reviews", "default", {

@@ -15,6 +15,8 @@ import grpc
 from aiohttp import web
 
 from meshpilot.config.filestore import FileConfigStore
+from meshpilot.config.secrets import SecretStore
+from meshpilot.debug.controlz import start_controlz
 from meshpilot.debug.http import start_debug_server
 from meshpilot.registry.aggregate import AggregateRegistry
 from meshpilot.registry.serviceentry import ServiceEntryRegistry
@@ -34,6 +36,7 @@ class Running:
     xds_port: int
     http: web.AppRunner
     debug_port: int
+    controlz: web.AppRunner | None = None
 
 
 def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
@@ -41,6 +44,8 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
     aggregate.add(ServiceEntryRegistry(store, discovery, cluster_id=settings.cluster_id))
+    if settings.secrets_dir is not None:
+        discovery.secrets = SecretStore(settings.secrets_dir, discovery)
     return discovery
 
 
@@ -58,12 +63,21 @@ async def start(settings: DiscoverySettings, discovery: DiscoveryServer) -> Runn
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             debug_port = server.sockets[0].getsockname()[1]
-    return Running(discovery, grpc_server, xds_port, http, debug_port)
+    running = Running(discovery, grpc_server, xds_port, http, debug_port)
+    host, port = _split(settings.controlz_address)
+    try:
+        running.controlz = await start_controlz(discovery, host, port)
+    except OSError as error:
+        # Introspection is an aid: a busy port must not keep the control plane down.
+        log.warning("ControlZ not started on %s: %s", settings.controlz_address, error)
+    return running
 
 
 async def stop(running: Running) -> None:
     await running.grpc_server.stop(grace=1.0)
     await running.http.cleanup()
+    if running.controlz is not None:
+        await running.controlz.cleanup()
 
 
 async def serve(settings: DiscoverySettings) -> None:
@@ -85,6 +99,8 @@ async def serve(settings: DiscoverySettings) -> None:
             group.create_task(discovery.store.run(), name="config-store")
             group.create_task(discovery.registry.run(), name="registries")
             group.create_task(discovery.run(), name="discovery")
+            if discovery.secrets is not None:
+                group.create_task(discovery.secrets.run(), name="secrets")
     except asyncio.CancelledError:
         log.info("shutting down")
     finally:

@@ -20,6 +20,10 @@ class DiscoverySettings:
     """Where the ADS gRPC server listens (plaintext; loopback by default)."""
     debug_address: str = "127.0.0.1:15014"
     """Where the debug HTTP endpoints listen."""
+    controlz_address: str = "127.0.0.1:9876"
+    """Where ControlZ (introspection pages: log scopes, memory, process, metrics) listens."""
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
+    secrets_dir: Path | None = None
+    """Directory of Gateway TLS credentials named by `credentialName` (see config/secrets.py)."""
     cluster_id: str = "Kubernetes"
     """Cluster id given to endpoints of config-defined registries (Istio's default name)."""

@@ -38,12 +38,26 @@ def discovery(
     debug_address: Annotated[
         str, typer.Option(help="Where debug HTTP endpoints listen.", callback=_check_address)
     ] = "127.0.0.1:15014",
+    controlz_address: Annotated[
+        str, typer.Option(help="Where ControlZ pages listen.", callback=_check_address)
+    ] = "127.0.0.1:9876",
     debounce_after: Annotated[
         float, typer.Option(help="Push once no change arrived for this many seconds.")
     ] = 0.1,
     debounce_max: Annotated[
         float, typer.Option(help="Push at the latest this many seconds after a first change.")
     ] = 10.0,
+    secrets_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--secrets-dir",
+            help="Directory of Gateway TLS credentials: DIR/<credentialName>/{tls.crt,tls.key,"
+            "ca.crt} or DIR/<namespace>/<credentialName>/….",
+            exists=True,
+            file_okay=False,
+            readable=True,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the discovery server: watch config, serve xDS to Envoy and gRPC clients."""
@@ -55,7 +69,9 @@ def discovery(
         config_dirs=tuple(config_dir),
         xds_address=xds_address,
         debug_address=debug_address,
+        controlz_address=controlz_address,
         debounce=DebounceSettings(quiet=debounce_after, max_delay=debounce_max),
+        secrets_dir=secrets_dir,
     )
     try:
         asyncio.run(serve(settings))

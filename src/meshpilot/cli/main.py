@@ -10,7 +10,18 @@ from typing import Annotated
 import typer
 
 from meshpilot import __version__
-from meshpilot.cli import discovery, proxy
+from meshpilot.cli import (
+    admin,
+    analyze,
+    dashboard,
+    describe,
+    discovery,
+    grpc_bootstrap,
+    precheck,
+    proxy,
+    proxy_config,
+    proxy_status,
+)
 
 app = typer.Typer(
     name="meshpilot",
@@ -38,8 +49,16 @@ def main(
     """A service-mesh control plane that drives Envoy over xDS."""
 
 
+analyze.register(app)
 discovery.register(app)
 proxy.register(app)
+proxy_status.register(app)
+proxy_config.register(app)
+precheck.register(app)
+describe.register(app)
+dashboard.register(app)
+admin.register(app)
+grpc_bootstrap.register(app)
 
 if __name__ == "__main__":
     app()

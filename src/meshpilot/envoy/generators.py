@@ -21,7 +21,7 @@ from meshpilot.envoy import clusters, endpoints, gateway, listeners, names, prox
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.protos import pack
 from meshpilot.envoy.scope import destination_rule_for, scope_for
-from meshpilot.model import NodeType, Proxy, PushRequest
+from meshpilot.model import Locality, NodeType, Proxy, PushRequest
 from meshpilot.model.snapshot import Snapshot
 
 
@@ -106,8 +106,13 @@ class EndpointGenerator:
         return [
             _cached(
                 snapshot,
-                ("eds", name, _subset_rule(snapshot, name, proxy.namespace)),
-                partial(_eds_resource, snapshot, name, proxy.namespace),
+                (
+                    "eds", name, _subset_rule(snapshot, name, proxy.namespace),
+                    locality := endpoints.client_locality(
+                        snapshot, name, proxy.namespace, proxy.locality
+                    ),
+                ),
+                partial(_eds_resource, snapshot, name, proxy.namespace, locality),
             )
             for name in sorted(names)
         ]
@@ -126,14 +131,18 @@ class ListenerGenerator:
         if proxy.type == NodeType.ROUTER:
             return _select(_router_listeners(snapshot, proxy), names)
         inbound = listeners.inbound_listeners(snapshot, proxy)
+        scope = scope_for(snapshot, proxy)
+        # Only inbound addresses on an outbound bind address can collide; keying the cache by
+        # those alone lets proxies with different workloads share their outbound listeners.
+        binds = {proxy.outbound_bind, *(e.bind for e in scope.egress if e.bind)}
         taken = frozenset(
             (lst.address.socket_address.address, lst.address.socket_address.port_value)
             for lst in inbound
+            if lst.address.socket_address.address in binds
         )
-        scope = scope_for(snapshot, proxy)
         outbound = _cached_list(
             snapshot,
-            ("lds-outbound", proxy.outbound_bind, taken, scope.key),
+            ("lds-outbound", proxy.outbound_bind, taken, scope.key, _labels_key(snapshot, proxy)),
             lambda: [
                 to_resource(lst.name, lst)
                 for lst in listeners.outbound_listeners(snapshot, proxy, set(taken), scope)
@@ -158,8 +167,7 @@ class RouteGenerator:
             return [_router_route(snapshot, proxy, name) for name in sorted(names)]
         # Routes depend on the proxy's namespace (short host names, sourceNamespace), and on its
         # labels only when some VirtualService matches on sourceLabels.
-        labels = frozenset(proxy.labels.items()) if snapshot.routes_use_source_labels else None
-        identity = (proxy.namespace, labels, scope_for(snapshot, proxy).key)
+        identity = (proxy.namespace, _labels_key(snapshot, proxy), scope_for(snapshot, proxy).key)
         return [
             _cached(
                 snapshot,
@@ -173,8 +181,16 @@ class RouteGenerator:
         return request.full
 
 
-def _eds_resource(snapshot: Snapshot, name: str, namespace: str) -> Resource:
-    return to_resource(name, endpoints.load_assignment(snapshot, name, namespace))
+def _labels_key(snapshot: Snapshot, proxy: Proxy) -> frozenset[tuple[str, str]] | None:
+    """A proxy's labels matter to its routes and listeners only where some VirtualService
+    matches on sourceLabels; otherwise proxies of a namespace share them."""
+    return frozenset(proxy.labels.items()) if snapshot.routes_use_source_labels else None
+
+
+def _eds_resource(
+    snapshot: Snapshot, name: str, namespace: str, client: Locality | None
+) -> Resource:
+    return to_resource(name, endpoints.load_assignment(snapshot, name, namespace, client))
 
 
 def _subset_rule(snapshot: Snapshot, name: str, namespace: str) -> str:
@@ -308,7 +324,7 @@ def _grpc_listeners(
     if wanted is None:
         # Not something gRPC asks for, but a wildcard request (e.g. from a debugging tool)
         # gets one listener per reachable service port.
-        targets = {}
+        targets: dict[str, tuple[str, int]] = {}
         for cluster in _visible_clusters(snapshot, proxy, None):
             parsed = ClusterName.parse(cluster)
             if parsed is not None and not parsed.subset:

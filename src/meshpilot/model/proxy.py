@@ -28,7 +28,7 @@ class Proxy:
     ip_addresses: tuple[str, ...] = ()
     network: str = ""
     cluster_id: str = ""
-    locality: Locality = Locality()
+    locality: Locality = field(default_factory=Locality)
     """Where the proxy runs (xDS `node.locality`): the base of locality-aware balancing."""
     outbound_bind: str = "127.0.0.1"
     """Where outbound listeners bind: the application reaches services here (capture mode NONE)."""

@@ -18,7 +18,10 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from meshpilot.config.secrets import SecretStore
 from meshpilot.config.store import ConfigStore
+from meshpilot.config.support import UnsupportedFields
+from meshpilot.debug.metrics import Metrics
 from meshpilot.envoy.generators import GENERATORS, Resource
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.targets import service_targets
@@ -59,6 +62,12 @@ class DiscoveryServer:
         self._inbox: asyncio.Queue[PushRequest] = asyncio.Queue()
         self._versions = itertools.count(1)
         self._pushed = asyncio.Condition()
+        self.metrics = Metrics(self)
+        self.secrets: SecretStore | None = None
+        """Gateway credentials (`--secrets-dir`), read into every full snapshot."""
+        self.unsupported = UnsupportedFields()
+        """Fields of current config that meshpilot accepts but does not apply, by resource."""
+        store.register_handler(self.unsupported.on_config)
         store.register_handler(self._on_config)
 
     # Inputs ---------------------------------------------------------------------------------
@@ -74,11 +83,13 @@ class DiscoveryServer:
                 count=request.count,
                 started=asyncio.get_running_loop().time(),
             )
+        self.metrics.triggered(request.reasons)
         self._inbox.put_nowait(request)
 
     def _on_config(self, old: object, new: object, event: object) -> None:
         config = new or old
         kind = getattr(config, "kind", "")
+        self.metrics.config_event(kind, str(event))
         if kind in ROUTING_KINDS:
             self.config_update(
                 PushRequest(
@@ -103,6 +114,8 @@ class DiscoveryServer:
     async def _wait_synced(self) -> None:
         await self.store.wait_synced()
         await self.registry.wait_synced()
+        if self.secrets is not None:
+            await self.secrets.wait_synced()
 
     async def wait_for_push(self, count: int) -> None:
         """Wait until at least `count` pushes have been processed (for tests and tools)."""
@@ -121,7 +134,8 @@ class DiscoveryServer:
             ep for svc in services for ep in self.registry.endpoints(svc.hostname, svc.namespace)
         ]
         configs = [c for kind in ROUTING_KINDS for c in self.store.list(kind)]
-        return Snapshot.build(self._next_version(), services, endpoints, configs)
+        secrets = self.secrets.credentials if self.secrets is not None else None
+        return Snapshot.build(self._next_version(), services, endpoints, configs, secrets)
 
     def _build_endpoints(self, previous: Snapshot, hosts: Collection[tuple[str, str]]) -> Snapshot:
         changed = {
@@ -134,6 +148,8 @@ class DiscoveryServer:
     async def push(self, request: PushRequest) -> None:
         previous = self.snapshot
         start = time.monotonic()
+        if request.started:
+            self.metrics.debounced(request, asyncio.get_running_loop().time() - request.started)
         if request.full or previous is None:
             self.snapshot = self._build_full()
         else:

@@ -18,6 +18,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshpilot.agent.node import proxy_from_node
+from meshpilot.debug import xds as debug_xds
 from meshpilot.envoy.generators import GENERATORS
 from meshpilot.envoy.names import PUSH_ORDER, SHORT_NAMES
 from meshpilot.model import PushRequest
@@ -78,6 +79,10 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                     for response in self._push(connection):
                         yield response
                     continue
+                if not delta and debug_xds.is_debug_request(event):
+                    # A tool asking for status (proxy-status, istioctl): never a proxy.
+                    yield debug_xds.answer(self.discovery, event)
+                    continue
                 if connection is None:
                     connection = await self._connect(event, context, events, delta)
                 handle = self._on_delta_request if delta else self._on_request
@@ -124,12 +129,13 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             _record_ack(state, request.response_nonce, request.version_info)
         if decision not in RESPOND:
             return []
+        fresh = state is None or decision is Decision.RECONNECT
         if state is None:
             state = connection.watches[type_url] = WatchState(type_url)
-        state.wildcard = generator.wildcard and not names
+        state.wildcard = _sotw_wildcard(generator.wildcard, names, fresh or state.wildcard)
         state.names = names
         if not state.wildcard and not names:
-            return []  # unsubscribed from everything of a named type: nothing to send
+            return []  # unsubscribed from everything: nothing to send
         response = self._sotw_response(connection, state, None, force=True)
         return [response] if response is not None else []
 
@@ -144,6 +150,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
 
         `only` limits it to some names (EDS-only pushes: SotW EDS may send a subset).
         """
+        started = time.monotonic()
         names = only if only is not None else (None if state.wildcard else state.names)
         resources = self.discovery.generate(connection.proxy, state.type_url, names)
         if only is not None:
@@ -162,6 +169,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         else:
             state.sent.update(versions)
         _record_send(state, response.nonce, response.version_info)
+        self.discovery.metrics.sent(state.type_url, time.monotonic() - started)
         return response
 
     def _push(self, connection: Connection) -> list[Any]:
@@ -175,7 +183,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             request = PushRequest(full=True).merge(request)
         connection.pushes += 1
         if connection.delta:
-            return self._delta_push(connection, request)
+            return self._converged(request, self._delta_push(connection, request))
         out = []
         for type_url in PUSH_ORDER:
             state = connection.watches.get(type_url)
@@ -191,12 +199,19 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             response = self._sotw_response(connection, state, only, force=False)
             if response is not None:
                 out.append(response)
+        return self._converged(request, out)
+
+    def _converged(self, request: PushRequest, out: list[Any]) -> list[Any]:
+        if out and request.started:
+            # From the first event of the push to its responses leaving for this proxy.
+            self.discovery.metrics.converged(asyncio.get_running_loop().time() - request.started)
         return out
 
     def _record_nack(self, connection: Connection, type_url: str, nonce: str, error: str) -> None:
         state = connection.watches.get(type_url)
         if state is not None:
             state.last_error = error
+        self.discovery.metrics.rejected(type_url)
         log.warning(
             "proxy %s rejected %s (nonce %s): %s",
             connection.proxy.id,
@@ -255,6 +270,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         force: bool = False,
     ) -> Any | None:
         """Changed and removed resources for the watch (or only for `only`)."""
+        started = time.monotonic()
         names: Collection[str] | None = None if state.wildcard else state.names
         if only is not None:
             names = only
@@ -279,6 +295,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         for name in removed:
             del state.sent[name]
         _record_send(state, response.nonce, response.system_version_info)
+        self.discovery.metrics.sent(state.type_url, time.monotonic() - started)
         return response
 
     def _delta_push(self, connection: Connection, request: PushRequest) -> list[Any]:
@@ -298,6 +315,18 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             if response is not None:
                 out.append(response)
         return out
+
+
+def _sotw_wildcard(wildcard_type: bool, names: frozenset[str], empty_means_all: bool) -> bool:
+    """Whether a State-of-the-World request subscribes to every resource of its type.
+
+    As the xDS protocol has it: `*` among the names always does; no names at all does for CDS
+    and LDS only on the first request of a stream (Envoy's legacy wildcard), or to stay a
+    wildcard. Once a client has named resources, an empty list unsubscribes from all of them:
+    gRPC, which asks for listeners and clusters by name, sends that when its last channel for
+    a type goes away.
+    """
+    return "*" in names or (wildcard_type and not names and empty_means_all)
 
 
 def _record_send(state: WatchState, nonce: str, version: str) -> None:

@@ -55,7 +55,8 @@ def decide(
     # 4. A nonce other than the last one sent answers an older response: ignore it.
     if nonce != state.nonce_sent:
         return Decision.STALE
-    # 5. It acknowledges the last response. Different names mean a new subscription.
-    if not state.wildcard and names != state.names:
+    # 5. It acknowledges the last response. Different names mean a new subscription (also
+    #    for a wildcard: naming resources, or `*`, changes it).
+    if names != state.names:
         return Decision.RESUBSCRIBE
     return Decision.ACK

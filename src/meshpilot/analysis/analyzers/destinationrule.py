@@ -1,0 +1,126 @@
+"""Analyzers of `DestinationRule` resources.
+
+- `destinationrule.CaCertificateAnalyzer`: TLS origination (`SIMPLE` or `MUTUAL`) without
+  `caCertificates` does not verify the server, at the rule level (IST0128) or per port
+  (IST0129). `insecureSkipVerify` says so on purpose, and a `credentialName` supplies the CA
+  only where it can be read: with a `workloadSelector`.
+- `destinationrule.SubsetSelectPodAnalyzer`: the rule's host must be a known service
+  (IST0174), and each subset must select some pod (IST0173). A pod's labels are completed, as
+  Istio's registry does for endpoints, with its node's topology labels (region, zone,
+  subzone; empty values ignored) and `kubernetes.io/hostname`; a ServiceEntry's workload
+  selector is added to each subset's labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshpilot.analysis.analyzers.common import (
+    mapping,
+    mappings,
+    number,
+    selector_matches,
+    string_map,
+    strings,
+    text,
+)
+from meshpilot.analysis.analyzers.services import ServiceIndex
+from meshpilot.analysis.context import Context
+from meshpilot.analysis.messages import message_type
+from meshpilot.analysis.resource import (
+    DESTINATION_RULE,
+    NODE,
+    POD,
+    SERVICE,
+    SERVICE_ENTRY,
+    Collection,
+    Resource,
+)
+
+NO_CA_RULE_LEVEL = message_type("NoServerCertificateVerificationDestinationLevel")
+NO_CA_PORT_LEVEL = message_type("NoServerCertificateVerificationPortLevel")
+UNKNOWN_HOST = message_type("UnknownDestinationRuleHost")
+SUBSET_SELECTS_NOTHING = message_type("DestinationRuleSubsetNotSelectPods")
+
+TOPOLOGY_LABELS = (
+    "topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone",
+)
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def _unverified(tls: Mapping[str, Any], rule: Resource) -> str:
+    """The TLS mode when it originates TLS without verifying the server, else ''."""
+    mode = text(tls.get("mode")).upper()
+    if mode not in ("SIMPLE", "MUTUAL"):
+        return ""
+    if text(tls.get("caCertificates")) or tls.get("insecureSkipVerify") is True:
+        return ""
+    if text(tls.get("credentialName")) and rule.spec.get("workloadSelector") is not None:
+        return ""
+    return mode
+
+
+class CaCertificateAnalyzer:
+    name = "destinationrule.CaCertificateAnalyzer"
+    description = (
+        "Checks if caCertificates is set when TLS mode is SIMPLE/MUTUAL"
+    )
+    inputs: tuple[Collection, ...] = (DESTINATION_RULE,)
+
+    def analyze(self, ctx: Context) -> None:
+        for rule in ctx.for_each(DESTINATION_RULE):
+            policy = mapping(rule.spec.get("trafficPolicy"))
+            host = text(rule.spec.get("host"))
+            mode = _unverified(mapping(policy.get("tls")), rule)
+            if mode:
+                ctx.report(rule, NO_CA_RULE_LEVEL, rule.full_name, rule.namespace, mode, host,
+                           field="spec.trafficPolicy.tls.mode")
+            for index, setting in mappings(policy.get("portLevelSettings")):
+                mode = _unverified(mapping(setting.get("tls")), rule)
+                if mode:
+                    port = number(mapping(setting.get("port")).get("number")) or 0
+                    ctx.report(rule, NO_CA_PORT_LEVEL, rule.full_name, rule.namespace, mode,
+                               host, str(port),
+                               field=f"spec.trafficPolicy.portLevelSettings[{index}].tls.mode")
+
+
+class SubsetSelectPodAnalyzer:
+    name = "destinationrule.SubsetSelectPodAnalyzer"
+    description = "Checks if pods are selected by subsets in destination rules."
+    inputs: tuple[Collection, ...] = (
+        DESTINATION_RULE, POD, SERVICE, SERVICE_ENTRY, NODE,
+    )
+
+    def analyze(self, ctx: Context) -> None:
+        index = ServiceIndex(ctx)
+        nodes = {node.name: node.labels for node in ctx.for_each(NODE)}
+        pod_labels = [endpoint_labels(pod, nodes) for pod in ctx.for_each(POD)]
+        for rule in ctx.for_each(DESTINATION_RULE):
+            host = text(rule.spec.get("host"))
+            service = index.lookup(rule.namespace, host, strings(rule.spec.get("exportTo")))
+            if service is None:
+                ctx.report(rule, UNKNOWN_HOST, host, field="spec.host")
+                continue
+            base: dict[str, str] = {}
+            if service.source.collection == SERVICE_ENTRY:
+                base = string_map(mapping(service.source.spec.get("workloadSelector"))
+                                  .get("labels"))
+            for subset_index, subset in mappings(rule.spec.get("subsets")):
+                selector = {**base, **string_map(subset.get("labels"))}
+                if not any(selector_matches(selector, labels) for labels in pod_labels):
+                    ctx.report(rule, SUBSET_SELECTS_NOTHING, text(subset.get("name")),
+                               field=f"spec.subsets[{subset_index}]")
+
+
+def endpoint_labels(pod: Resource, nodes: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    labels = dict(pod.labels)
+    node_name = text(pod.spec.get("nodeName"))
+    node = nodes.get(node_name)
+    if node is None:
+        return labels
+    for key in TOPOLOGY_LABELS:
+        if node.get(key):
+            labels[key] = node[key]
+    labels[HOSTNAME_LABEL] = node_name
+    return labels

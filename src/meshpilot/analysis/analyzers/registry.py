@@ -1,0 +1,216 @@
+"""meshpilot's own analyzers (MP codes): what only a multi-registry control plane can check.
+
+meshpilot merges services from several registries. From files, two of them are visible: the
+Kubernetes one (Services selecting Pods) and meshpilot's ServiceEntry registry (ServiceEntries
+with inline endpoints or selected WorkloadEntries). These analyzers compare them, and look at
+endpoints the way meshpilot's registries will publish them:
+
+- `meshpilot.RegistryProtocolAnalyzer`: a host and port published by a Kubernetes Service and
+  by a ServiceEntry with different protocols (MP0001; ServiceEntries among themselves are
+  IST0177's business).
+- `meshpilot.ServiceEntryCollisionAnalyzer`: a ServiceEntry host that is also a Kubernetes
+  Service's name, so two registries define one service (MP0002).
+- `meshpilot.UnhealthyEndpointsAnalyzer`: a ServiceEntry whose selected WorkloadEntries all
+  report a `Healthy` condition of `False` and that has no inline endpoint (MP0003).
+- `meshpilot.SubsetEndpointsAnalyzer`: a DestinationRule subset of a ServiceEntry host that
+  selects none of its endpoints, inline or WorkloadEntry (MP0004). Pods are
+  `destinationrule.SubsetSelectPodAnalyzer`'s business.
+- `meshpilot.NetworkGatewayAnalyzer`: with MeshNetworks configured, an endpoint in a network
+  that has no gateway cannot be reached from other networks (MP0005).
+
+The same checks will run against live registries (Consul, Eureka, …) once they exist; from
+files these are the registries there are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshpilot.analysis.analyzers.common import (
+    fqdn,
+    mapping,
+    mappings,
+    number,
+    selector_matches,
+    string_map,
+    strings,
+    text,
+)
+from meshpilot.analysis.analyzers.service import port_protocol
+from meshpilot.analysis.analyzers.services import ServiceIndex
+from meshpilot.analysis.context import Context
+from meshpilot.analysis.messages import message_type
+from meshpilot.analysis.resource import (
+    DESTINATION_RULE,
+    SERVICE,
+    SERVICE_ENTRY,
+    WORKLOAD_ENTRY,
+    Collection,
+    Resource,
+)
+
+PROTOCOL_CONFLICT = message_type("RegistryHostPortConflict")
+SHADOWS_SERVICE = message_type("ServiceEntryShadowsRegistryService")
+NO_HEALTHY_ENDPOINTS = message_type("ServiceWithoutHealthyEndpoints")
+SUBSET_WITHOUT_ENDPOINTS = message_type("SubsetSelectsNoRegistryEndpoint")
+NETWORK_WITHOUT_GATEWAY = message_type("EndpointNetworkWithoutGateway")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An endpoint as the ServiceEntry registry publishes it."""
+
+    name: str
+    labels: Mapping[str, str]
+    network: str
+    healthy: bool
+    source: Resource
+    field: str
+    """Path of the endpoint in its source: `spec.endpoints[i]`, or `spec` of a WorkloadEntry."""
+
+
+def kubernetes_services(ctx: Context) -> dict[str, Resource]:
+    return {fqdn(s.namespace, s.name): s for s in ctx.for_each(SERVICE)}
+
+
+def entry_endpoints(ctx: Context, entry: Resource) -> Iterator[Endpoint]:
+    """Inline endpoints, and WorkloadEntries of the entry's namespace its selector selects."""
+    for index, endpoint in mappings(entry.spec.get("endpoints")):
+        yield Endpoint(text(endpoint.get("address")), string_map(endpoint.get("labels")),
+                       text(endpoint.get("network")), True, entry,
+                       f"spec.endpoints[{index}]")
+    selector = entry.spec.get("workloadSelector")
+    if selector is None:
+        return
+    labels = string_map(mapping(selector).get("labels"))
+    for workload in ctx.for_each(WORKLOAD_ENTRY):
+        workload_labels = {**workload.labels, **string_map(workload.spec.get("labels"))}
+        if workload.namespace == entry.namespace and selector_matches(labels, workload_labels):
+            yield workload_endpoint(workload)
+
+
+def workload_endpoint(workload: Resource) -> Endpoint:
+    return Endpoint(workload.full_name,
+                    {**workload.labels, **string_map(workload.spec.get("labels"))},
+                    text(workload.spec.get("network")), _healthy(workload), workload, "spec")
+
+
+def _healthy(workload: Resource) -> bool:
+    for _, condition in mappings(mapping(workload.body.get("status")).get("conditions")):
+        if text(condition.get("type")) == "Healthy":
+            return text(condition.get("status")) != "False"
+    return True
+
+
+def _entry_ports(entry: Resource) -> Iterator[tuple[int, str]]:
+    for _, port in mappings(entry.spec.get("ports")):
+        port_number = number(port.get("number"))
+        if port_number is not None:
+            yield port_number, text(port.get("protocol")).upper() or _by_name(port)
+
+
+def _by_name(port: Mapping[str, Any]) -> str:
+    return port_protocol({"name": port.get("name")}).upper()
+
+
+class RegistryProtocolAnalyzer:
+    name = "meshpilot.RegistryProtocolAnalyzer"
+    description = (
+        "Checks that registries publishing the same host and port agree on its protocol"
+    )
+    inputs: tuple[Collection, ...] = (SERVICE, SERVICE_ENTRY)
+
+    def analyze(self, ctx: Context) -> None:
+        services = kubernetes_services(ctx)
+        for entry in ctx.for_each(SERVICE_ENTRY):
+            for host in strings(entry.spec.get("hosts")):
+                service = services.get(fqdn(entry.namespace, host))
+                if service is None:
+                    continue
+                theirs = {
+                    number(p.get("port")): port_protocol(p).upper()
+                    for _, p in mappings(service.spec.get("ports"))
+                }
+                for port_number, protocol in _entry_ports(entry):
+                    other = theirs.get(port_number)
+                    if other and protocol and other != protocol:
+                        ctx.report(entry, PROTOCOL_CONFLICT, host, port_number,
+                                   f"{protocol} (ServiceEntry {entry.full_name}), {other} "
+                                   f"(Service {service.full_name})", field="spec.ports")
+
+
+class ServiceEntryCollisionAnalyzer:
+    name = "meshpilot.ServiceEntryCollisionAnalyzer"
+    description = "Checks for ServiceEntry hosts that a service registry already publishes"
+    inputs: tuple[Collection, ...] = (SERVICE, SERVICE_ENTRY)
+
+    def analyze(self, ctx: Context) -> None:
+        services = kubernetes_services(ctx)
+        for entry in ctx.for_each(SERVICE_ENTRY):
+            for index, host in enumerate(strings(entry.spec.get("hosts"))):
+                service = services.get(fqdn(entry.namespace, host))
+                if service is not None:
+                    ctx.report(entry, SHADOWS_SERVICE, host,
+                               f"Kubernetes Service {service.full_name}",
+                               field=f"spec.hosts[{index}]")
+
+
+class UnhealthyEndpointsAnalyzer:
+    name = "meshpilot.UnhealthyEndpointsAnalyzer"
+    description = "Checks for services whose every endpoint is unhealthy"
+    inputs: tuple[Collection, ...] = (SERVICE_ENTRY, WORKLOAD_ENTRY)
+
+    def analyze(self, ctx: Context) -> None:
+        for entry in ctx.for_each(SERVICE_ENTRY):
+            endpoints = list(entry_endpoints(ctx, entry))
+            if endpoints and not any(e.healthy for e in endpoints):
+                for host in strings(entry.spec.get("hosts")):
+                    ctx.report(entry, NO_HEALTHY_ENDPOINTS, len(endpoints), host,
+                               field="spec.workloadSelector")
+
+
+class SubsetEndpointsAnalyzer:
+    name = "meshpilot.SubsetEndpointsAnalyzer"
+    description = "Checks that DestinationRule subsets select an endpoint of some registry"
+    inputs: tuple[Collection, ...] = (DESTINATION_RULE, SERVICE_ENTRY, WORKLOAD_ENTRY)
+
+    def analyze(self, ctx: Context) -> None:
+        index = ServiceIndex(ctx)
+        for rule in ctx.for_each(DESTINATION_RULE):
+            host = text(rule.spec.get("host"))
+            known = index.lookup(rule.namespace, host, strings(rule.spec.get("exportTo")))
+            if known is None or known.source.collection != SERVICE_ENTRY:
+                continue
+            entry = known.source
+            if entry.spec.get("workloadSelector") is None and not entry.spec.get("endpoints"):
+                continue  # DNS resolution of the host itself: nothing to subset
+            endpoints = list(entry_endpoints(ctx, entry))
+            for subset_index, subset in mappings(rule.spec.get("subsets")):
+                labels = string_map(subset.get("labels"))
+                if not any(selector_matches(labels, e.labels) for e in endpoints):
+                    ctx.report(rule, SUBSET_WITHOUT_ENDPOINTS, text(subset.get("name")), host,
+                               field=f"spec.subsets[{subset_index}]")
+
+
+class NetworkGatewayAnalyzer:
+    name = "meshpilot.NetworkGatewayAnalyzer"
+    description = "Checks that every endpoint's network has a gateway in MeshNetworks"
+    inputs: tuple[Collection, ...] = (SERVICE_ENTRY, WORKLOAD_ENTRY)
+
+    def analyze(self, ctx: Context) -> None:
+        networks = ctx.mesh.networks
+        if not networks:
+            return
+        with_gateway = {
+            str(name) for name, definition in networks.items()
+            if mapping(definition).get("gateways")
+        }
+        endpoints: list[Endpoint] = [workload_endpoint(w) for w in ctx.for_each(WORKLOAD_ENTRY)]
+        for entry in ctx.for_each(SERVICE_ENTRY):
+            endpoints.extend(e for e in entry_endpoints(ctx, entry) if e.source is entry)
+        for endpoint in endpoints:
+            if endpoint.network and endpoint.network not in with_gateway:
+                ctx.report(endpoint.source, NETWORK_WITHOUT_GATEWAY, endpoint.name,
+                           endpoint.network, field=f"{endpoint.field}.network")

@@ -1,0 +1,348 @@
+"""`describe`: which services a proxy serves and which config reaches them, in plain words.
+
+The server's own topics (`registryz`, `configz`, `adsz`) are turned back into the model, and a
+`Snapshot` is built from them, so the DestinationRule and VirtualService chosen for a host are
+chosen by the same code the server uses. Then, per service:
+
+- the ports (and, for a proxy, the workload port each targets);
+- the DestinationRule, which subsets match the workload and which do not, its traffic policy;
+- the VirtualService routes whose destinations reach the workload (or service), with their
+  share of traffic and their match conditions;
+- warnings for config that matches nothing: subsets no endpoint has, routes to subsets the
+  DestinationRule does not define, rules and routes for hosts no service has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshpilot.envoy.targets import service_targets
+from meshpilot.model import Config, Endpoint, NodeType, Port, Protocol, Proxy, Service
+from meshpilot.model.hosts import host_matches, resolve_short_name
+from meshpilot.model.snapshot import Snapshot
+
+SEPARATOR = "--------------------"
+
+
+# The server's topics back into the model ------------------------------------------------------
+
+
+def snapshot_from(registryz: Mapping[str, Any], configz: Mapping[str, Any]) -> Snapshot:
+    services, endpoints = [], []
+    for s in registryz.get("services") or ():
+        services.append(
+            Service(
+                hostname=s["hostname"],
+                namespace=s["namespace"],
+                ports=tuple(
+                    Port(p["name"], int(p["port"]), Protocol.parse(str(p["protocol"])))
+                    for p in s.get("ports") or ()
+                ),
+                registry=s.get("registry", ""),
+                source=s.get("source", ""),
+            )
+        )
+        for e in s.get("endpoints") or ():
+            endpoints.append(
+                Endpoint(
+                    hostname=s["hostname"],
+                    namespace=e.get("namespace") or s["namespace"],
+                    service_port=int(e["servicePort"]),
+                    address=e["address"],
+                    port=int(e["port"]),
+                    labels=dict(e.get("labels") or {}),
+                    workload_name=e.get("workload", ""),
+                )
+            )
+    configs = [
+        Config(kind=c["kind"], name=c["name"], namespace=c["namespace"], spec=c.get("spec") or {})
+        for c in configz.get("configs") or ()
+        if c["kind"] in ("VirtualService", "DestinationRule")
+    ]
+    return Snapshot.build(str(registryz.get("version", "")), services, endpoints, configs)
+
+
+def proxy_from(client: Mapping[str, Any]) -> Proxy:
+    return Proxy(
+        id=client["proxy"],
+        type=NodeType(client.get("type") or "sidecar"),
+        namespace=client.get("namespace", ""),
+        workload_name=client.get("workload", ""),
+        labels=dict(client.get("labels") or {}),
+        ip_addresses=tuple(client.get("ips") or ()),
+    )
+
+
+# What reaches what ---------------------------------------------------------------------------
+
+
+@dataclass
+class Description:
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(f"{line}\n" for line in self.lines) + "".join(
+            f"WARNING: {w}\n" for w in self.warnings
+        )
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
+
+
+def _subset_matches(subset: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in (subset.get("labels") or {}).items())
+
+
+def _describe_match(match: Mapping[str, Any] | None) -> str:
+    if not match:
+        return ""
+    parts = []
+    for key in ("uri", "scheme", "method", "authority"):
+        if key in match:
+            kind, value = next(iter(match[key].items()))
+            parts.append(f"{key} {kind} {value!r}")
+    for name, spec in (match.get("headers") or {}).items():
+        parts.append(
+            f"header {name} " + (" ".join(f"{k} {v!r}" for k, v in spec.items()) or "present")
+        )
+    for name, spec in (match.get("queryParams") or {}).items():
+        parts.append(f"query {name} " + " ".join(f"{k} {v!r}" for k, v in spec.items()))
+    for key in ("port", "sourceNamespace"):
+        if key in match:
+            parts.append(f"{key} {match[key]}")
+    if match.get("sourceLabels"):
+        parts.append(f"source labels {_labels(match['sourceLabels'])}")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteReach:
+    name: str
+    shares: list[tuple[str, float]]
+    """(subset or '', percent) of the destinations that reach the target."""
+    when: list[str]
+
+
+def _routes_reaching(vs: Config, host: str, reaches_subset: Any) -> tuple[list[RouteReach], int]:
+    """Routes of `vs` with a destination on `host` that `reaches_subset(subset)` accepts."""
+    out = []
+    checked = 0
+    for index, http in enumerate(vs.spec.get("http") or ()):
+        checked += 1
+        destinations = list(http.get("route") or ())
+        weights = [int(d.get("weight", 0)) for d in destinations]
+        total = sum(weights) or 0
+        shares = []
+        for d, weight in zip(destinations, weights, strict=True):
+            dest = d.get("destination") or {}
+            if resolve_short_name(str(dest.get("host", "")), vs.namespace) != host:
+                continue
+            subset = str(dest.get("subset", ""))
+            if not reaches_subset(subset):
+                continue
+            percent = 100.0 if len(destinations) == 1 else (100.0 * weight / total if total else 0)
+            shares.append((subset, percent))
+        if shares:
+            matches = [_describe_match(m) for m in http.get("match") or ()]
+            out.append(
+                RouteReach(str(http.get("name") or f"#{index}"), shares, [m for m in matches if m])
+            )
+    return out, checked
+
+
+def _route_lines(routes: list[RouteReach]) -> list[str]:
+    lines = []
+    for r in routes:
+        to = ", ".join(
+            (f"subset {subset}" if subset else "all endpoints") + f" {percent:g}%"
+            for subset, percent in r.shares
+        )
+        when = f" when {' or '.join(r.when)}" if r.when else ""
+        lines.append(f'   Route "{r.name}": {to}{when}')
+    return lines
+
+
+def _config_warnings(snapshot: Snapshot) -> list[str]:
+    """Config that matches nothing, anywhere in the mesh."""
+    warnings = []
+    for dr in snapshot.destination_rules:
+        host = resolve_short_name(str(dr.spec.get("host", "")), dr.namespace)
+        if not any(host_matches(host, h) for h in snapshot.services):
+            warnings.append(
+                f"DestinationRule {dr.name}.{dr.namespace} is for host {host}, which no service has"
+            )
+    for vs in snapshot.virtual_services:
+        for raw in vs.spec.get("hosts") or ():
+            host = resolve_short_name(str(raw), vs.namespace)
+            if not any(host_matches(host, h) for h in snapshot.services):
+                warnings.append(
+                    f"VirtualService {vs.name}.{vs.namespace} names host {host}, "
+                    "which no service has"
+                )
+    return warnings
+
+
+def _service_section(
+    snapshot: Snapshot,
+    svc: Service,
+    workload_labels: Mapping[str, str] | None,
+    targets: Sequence[Endpoint],
+) -> tuple[list[str], dict[str, Any], list[str]]:
+    """Lines, data and warnings for one service, seen from a workload (labels) or as a whole."""
+    lines = [f"Service: {svc.hostname}" + (f" ({svc.source})" if svc.source else "")]
+    warnings: list[str] = []
+    ports = []
+    for port in svc.ports:
+        target = next((t.port for t in targets if t.service_port == port.number), None)
+        tail = f" targets workload port {target}" if target is not None else ""
+        lines.append(f"   Port: {port.name} {port.number}/{port.protocol}{tail}")
+        ports.append(
+            {
+                "name": port.name,
+                "port": port.number,
+                "protocol": str(port.protocol),
+                "targetPort": target,
+            }
+        )
+    all_endpoints = [
+        e for p in svc.ports for e in snapshot.service_endpoints(svc.hostname, p.number)
+    ]
+    if workload_labels is None:
+        listed = sorted({f"{e.address}:{e.port}" for e in all_endpoints})
+        lines.append(f"   Endpoints: {', '.join(listed) if listed else '(none)'}")
+    data: dict[str, Any] = {"host": svc.hostname, "ports": ports}
+
+    dr = snapshot.destination_rule_for(svc.hostname)
+    subsets = list((dr.spec.get("subsets") or ()) if dr else ())
+    defined = {str(s.get("name")) for s in subsets}
+    if dr is not None:
+        lines.append(f'DestinationRule: {dr.name}.{dr.namespace} for "{dr.spec.get("host")}"')
+        matching = [
+            str(s["name"])
+            for s in subsets
+            if workload_labels is not None and _subset_matches(s, workload_labels)
+        ]
+        if workload_labels is not None:
+            others = [str(s["name"]) for s in subsets if str(s["name"]) not in matching]
+            lines.append(f"   Matching subsets: {','.join(matching) or '(none)'}")
+            if others:
+                lines.append(f"      (Non-matching subsets {','.join(others)})")
+        else:
+            counts = [
+                f"{s['name']} ({sum(_subset_matches(s, e.labels) for e in all_endpoints)} "
+                "endpoints)"
+                for s in subsets
+            ]
+            lines.append(f"   Subsets: {', '.join(counts) or '(none)'}")
+        for s in subsets:
+            if not any(_subset_matches(s, e.labels) for e in all_endpoints):
+                warnings.append(
+                    f"subset {s['name']} of DestinationRule {dr.name}.{dr.namespace} "
+                    "matches no endpoint"
+                )
+        policy = dr.spec.get("trafficPolicy") or {}
+        simple = (policy.get("loadBalancer") or {}).get("simple")
+        lines.append(
+            f"   Traffic Policy: load balancer {simple}" if simple else "   No Traffic Policy"
+        )
+        data["destinationRule"] = {
+            "name": dr.name,
+            "namespace": dr.namespace,
+            "matchingSubsets": matching if workload_labels is not None else sorted(defined),
+        }
+    else:
+        lines.append("   (no DestinationRule)")
+
+    vs = snapshot.virtual_service_for(svc.hostname)
+    if vs is not None:
+
+        def reaches(subset: str) -> bool:
+            if not subset:
+                return True
+            found = next((s for s in subsets if str(s.get("name")) == subset), None)
+            if found is None:
+                return workload_labels is None
+            return workload_labels is None or _subset_matches(found, workload_labels)
+
+        routes, checked = _routes_reaching(vs, svc.hostname, reaches)
+        lines.append(f"VirtualService: {vs.name}.{vs.namespace}")
+        lines.extend(_route_lines(routes))
+        if not routes:
+            lines.append(f"   No route reaches this workload (checked {checked} HTTP routes)")
+            warnings.append(
+                f"no route of VirtualService {vs.name}.{vs.namespace} reaches "
+                f"{'this workload' if workload_labels is not None else svc.hostname}"
+            )
+        for http in vs.spec.get("http") or ():
+            for d in http.get("route") or ():
+                dest = d.get("destination") or {}
+                subset = str(dest.get("subset", ""))
+                host = resolve_short_name(str(dest.get("host", "")), vs.namespace)
+                if host == svc.hostname and subset and subset not in defined:
+                    warnings.append(
+                        f"VirtualService {vs.name}.{vs.namespace} routes to subset "
+                        f"{subset} of {host}, which no DestinationRule defines"
+                    )
+        data["virtualService"] = {
+            "name": vs.name,
+            "namespace": vs.namespace,
+            "routes": [
+                {
+                    "name": r.name,
+                    "shares": [{"subset": s, "percent": p} for s, p in r.shares],
+                    "when": r.when,
+                }
+                for r in routes
+            ],
+        }
+    else:
+        lines.append("   (no VirtualService: default route to all endpoints)")
+    return lines, data, warnings
+
+
+def describe_proxy(snapshot: Snapshot, proxy: Proxy) -> Description:
+    out = Description()
+    out.lines.append(f"Proxy: {proxy.id}")
+    out.lines.append(f"   Workload: {proxy.short_name}, labels {_labels(proxy.labels)}")
+    if proxy.ip_addresses:
+        out.lines.append(f"   IPs: {', '.join(proxy.ip_addresses)}")
+    targets = service_targets(snapshot, proxy)
+    hosts = sorted({t.hostname for t in targets})
+    out.data = {
+        "proxy": proxy.id,
+        "workload": proxy.short_name,
+        "labels": dict(proxy.labels),
+        "services": [],
+    }
+    if not hosts:
+        out.warnings.append(
+            "this proxy serves no service (no WorkloadEntry with its name, and "
+            "no endpoint at its IPs)"
+        )
+    for host in hosts:
+        svc = snapshot.services[host]
+        own = [t for t in targets if t.hostname == host]
+        labels = dict(own[0].labels) if own else dict(proxy.labels)
+        lines, data, warnings = _service_section(snapshot, svc, labels, own)
+        out.lines += [SEPARATOR, *lines]
+        out.data["services"].append(data)
+        out.warnings += warnings
+    out.data["warnings"] = out.warnings
+    return out
+
+
+def describe_service(snapshot: Snapshot, host: str, namespace: str) -> Description:
+    resolved = resolve_short_name(host, namespace)
+    svc = snapshot.services.get(resolved)
+    if svc is None:
+        raise LookupError(f"no service {resolved}")
+    lines, data, warnings = _service_section(snapshot, svc, None, ())
+    out = Description(lines, data, warnings)
+    out.warnings += _config_warnings(snapshot)
+    out.data["warnings"] = out.warnings
+    return out
