@@ -7,7 +7,8 @@ from typing import Any
 
 from meshpilot.envoy.cluster_policies import traffic_policy
 from meshpilot.envoy.names import outbound_cluster
-from meshpilot.model import Config, Kind
+from meshpilot.envoy.scope import scope_for
+from meshpilot.model import Config, Kind, NodeType, Proxy
 from tests.configs import service_entry, virtual_service
 from tests.envoy_check import envoy_rejects
 from tests.simulation import Request, Simulation, sidecar, snapshot_of
@@ -110,3 +111,12 @@ def test_delegate_in_another_namespace_resolves_short_names_there() -> None:
         "host": "reviews.default.svc.cluster.local", "subset": "v2"}}]}, namespace="team")
     assert send(*configs).cluster == V2
     assert envoy_rejects(snapshot_of([*MESH, *configs]), CLIENT) == ""
+
+
+def test_sidecar_resources_never_narrow_a_router() -> None:
+    everything_hidden = Config(Kind.SIDECAR, "default", "default", {
+        "egress": [{"hosts": ["~/*"]}], "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})
+    snapshot = snapshot_of([*MESH, everything_hidden])
+    router = Proxy(id="r", type=NodeType.ROUTER, namespace="default", workload_name="gw")
+    assert scope_for(snapshot, router).sidecar is None
+    assert scope_for(snapshot, CLIENT).sidecar is everything_hidden

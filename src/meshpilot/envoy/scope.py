@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from meshpilot.model import Config, Proxy, Service
+from meshpilot.model import Config, NodeType, Proxy, Service
 from meshpilot.model.gateways import MESH, applies_to
 from meshpilot.model.hosts import host_matches, resolve_short_name
 from meshpilot.model.snapshot import Snapshot
@@ -119,7 +119,8 @@ def scope_for(snapshot: Snapshot, proxy: Proxy, default_policy: str = ALLOW_ANY)
 
 
 def _build(snapshot: Snapshot, proxy: Proxy, default_policy: str) -> Scope:
-    sidecar = sidecar_for(snapshot, proxy)
+    # Sidecar resources configure sidecars only; Istio never applies them to gateways.
+    sidecar = sidecar_for(snapshot, proxy) if proxy.type == NodeType.SIDECAR else None
     if sidecar is None:
         return Scope(proxy.namespace, None, (), default_policy)
     egress = tuple(
