@@ -19,6 +19,7 @@ from meshpilot.config.secrets import SecretStore
 from meshpilot.debug.controlz import start_controlz
 from meshpilot.debug.http import start_debug_server
 from meshpilot.registry.aggregate import AggregateRegistry
+from meshpilot.registry.plugins import create_registry
 from meshpilot.registry.serviceentry import ServiceEntryRegistry
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DiscoveryServer
@@ -44,6 +45,8 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
     aggregate.add(ServiceEntryRegistry(store, discovery, cluster_id=settings.cluster_id))
+    for url in settings.registries:
+        aggregate.add(create_registry(url, discovery))
     if settings.secrets_dir is not None:
         discovery.secrets = SecretStore(settings.secrets_dir, discovery)
     return discovery

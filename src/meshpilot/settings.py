@@ -25,5 +25,7 @@ class DiscoverySettings:
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
     secrets_dir: Path | None = None
     """Directory of Gateway TLS credentials named by `credentialName` (see config/secrets.py)."""
+    registries: tuple[str, ...] = ()
+    """Third-party registry URLs (`consul://…`, `etcd://…`), adapters found by scheme."""
     cluster_id: str = "Kubernetes"
     """Cluster id given to endpoints of config-defined registries (Istio's default name)."""

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from meshpilot.app import serve
+from meshpilot.registry.urls import RegistryUrlError
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DebounceSettings
 
@@ -23,7 +24,7 @@ def _check_address(value: str) -> str:
 
 def discovery(
     config_dir: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Option(
             "--config-dir",
             help="Directory of Istio YAML/JSON to watch (repeatable).",
@@ -31,7 +32,7 @@ def discovery(
             file_okay=False,
             readable=True,
         ),
-    ],
+    ] = None,
     xds_address: Annotated[
         str, typer.Option(help="Where the xDS gRPC server listens.", callback=_check_address)
     ] = "127.0.0.1:15010",
@@ -58,6 +59,15 @@ def discovery(
             readable=True,
         ),
     ] = None,
+    registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--registry",
+            metavar="URL",
+            help="A service registry to read (repeatable): consul://HOST:PORT, eureka://…, "
+            "nacos://…?namespace=…&group=…, zookeeper://…/dubbo, etcd://…?prefix=…&layout=….",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the discovery server: watch config, serve xDS to Envoy and gRPC clients."""
@@ -66,15 +76,19 @@ def discovery(
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     settings = DiscoverySettings(
-        config_dirs=tuple(config_dir),
+        config_dirs=tuple(config_dir or ()),
         xds_address=xds_address,
         debug_address=debug_address,
         controlz_address=controlz_address,
         debounce=DebounceSettings(quiet=debounce_after, max_delay=debounce_max),
         secrets_dir=secrets_dir,
+        registries=tuple(registry or ()),
     )
     try:
         asyncio.run(serve(settings))
+    except RegistryUrlError as error:
+        typer.echo(f"error: --registry {error}", err=True)
+        raise typer.Exit(2) from error
     except OSError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error

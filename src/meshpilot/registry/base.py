@@ -7,7 +7,7 @@ an endpoint-only push (EDS for the named hosts) when only endpoints did.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from meshpilot.model import Endpoint, PushRequest, Service
 
@@ -39,4 +39,8 @@ class ServiceRegistry(Protocol):
 
     async def run(self) -> None:
         """Watch the source until cancelled."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """State for debug pages and metrics: name, connected, synced, stale, counts, errors."""
         ...

@@ -179,6 +179,17 @@ class ServiceEntryRegistry:
         # Everything arrives through the store's handlers; nothing of our own to watch.
         return None
 
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": PROVIDER,
+            "provider": PROVIDER,
+            "connected": True,
+            "synced": self.has_synced(),
+            "stale": False,
+            "services": len(self._entries),
+            "instances": len(self._workloads),
+        }
+
     # Reads ------------------------------------------------------------------------------------
 
     def services(self) -> list[Service]:
