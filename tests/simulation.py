@@ -243,6 +243,8 @@ _ROUTE = frozenset({
     "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
     "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
     "typed_per_filter_config",
+    # Which VirtualService made the route (Istio's filter_metadata); routing ignores it.
+    "metadata",
 })
 _ROUTE_MATCH = frozenset({
     "prefix", "path", "safe_regex", "case_sensitive", "headers", "query_parameters",

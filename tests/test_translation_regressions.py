@@ -120,3 +120,36 @@ def test_sidecar_resources_never_narrow_a_router() -> None:
     router = Proxy(id="r", type=NodeType.ROUTER, namespace="default", workload_name="gw")
     assert scope_for(snapshot, router).sidecar is None
     assert scope_for(snapshot, CLIENT).sidecar is everything_hidden
+
+
+def test_destination_rule_with_workload_selector_applies_only_to_selected_clients() -> None:
+    selective = Config(Kind.DESTINATION_RULE, "canary-clients", "default", {
+        "host": REVIEWS,
+        "workloadSelector": {"labels": {"track": "canary"}},
+        "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+        "subsets": [{"name": "v1", "labels": {"version": "v2"}}],  # v1 means v2 here
+    })
+    snapshot = snapshot_of([*MESH, selective])
+    canary = sidecar(labels={"app": "client", "track": "canary"})
+    plain = sidecar()
+    assert traffic_policy(snapshot, REVIEWS, 9080, namespace="default",
+                          labels=dict(canary.labels))["loadBalancer"] == {"simple": "RANDOM"}
+    assert "loadBalancer" not in traffic_policy(snapshot, REVIEWS, 9080, namespace="default",
+                                                labels=dict(plain.labels))
+    v1 = "outbound|9080|v1|" + REVIEWS
+    assert Simulation(snapshot, canary).endpoints(v1) == [("10.0.0.2", 9080)]
+    assert Simulation(snapshot, plain).endpoints(v1) == [("10.0.0.1", 9080)]
+
+
+def test_clusters_and_routes_name_the_config_behind_them() -> None:
+    vs = routes({"route": [to("v1")]})
+    sim = Simulation(snapshot_of([*MESH, vs]), CLIENT)
+    cluster = sim.cluster("outbound|9080|v1|" + REVIEWS)
+    istio = cluster.metadata.filter_metadata["istio"]
+    assert istio["config"] == (
+        "/apis/networking.istio.io/v1/namespaces/default/destination-rule/reviews")
+    assert istio["subset"] == "v1"
+    (vhost,) = [v for v in sim.route_config("9080").virtual_hosts if v.name.startswith(REVIEWS)]
+    (route,) = vhost.routes
+    assert route.metadata.filter_metadata["istio"]["config"].endswith(
+        "/namespaces/default/virtual-service/vs-reviews")

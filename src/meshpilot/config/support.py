@@ -120,7 +120,7 @@ SUPPORTED: Mapping[str, Tree] = {
         "tls": [{"match": [{**_L4_MATCH, "sniHosts": ALL}], "route": _L4_ROUTE}],
     },
     Kind.DESTINATION_RULE: {
-        "host": ALL, "exportTo": ALL, "trafficPolicy": _TRAFFIC_POLICY,
+        "host": ALL, "exportTo": ALL, "workloadSelector": ALL, "trafficPolicy": _TRAFFIC_POLICY,
         "subsets": [{"name": ALL, "labels": ALL, "trafficPolicy": _TRAFFIC_POLICY}],
     },
     Kind.GATEWAY: {

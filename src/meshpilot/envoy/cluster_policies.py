@@ -55,10 +55,16 @@ def _port_level(policy: Policy, port: int) -> Policy:
 
 
 def traffic_policy(
-    snapshot: Snapshot, host: str, port: int, subset: str = "", namespace: str = ""
+    snapshot: Snapshot,
+    host: str,
+    port: int,
+    subset: str = "",
+    namespace: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> Policy:
-    """The merged traffic policy that applies to one cluster, for clients in `namespace`."""
-    rule = destination_rule_for(snapshot, host, namespace)
+    """The merged traffic policy that applies to one cluster, for clients in `namespace`
+    (with `labels`, which matter to DestinationRules with a workloadSelector)."""
+    rule = destination_rule_for(snapshot, host, namespace, labels)
     if rule is None:
         return {}
     policy = _port_level(rule.spec.get("trafficPolicy") or {}, port)
@@ -71,9 +77,15 @@ def traffic_policy(
 
 
 def load_balancer(
-    snapshot: Snapshot, host: str, port: int, subset: str = "", namespace: str = ""
+    snapshot: Snapshot,
+    host: str,
+    port: int,
+    subset: str = "",
+    namespace: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> Policy:
-    lb: Policy = traffic_policy(snapshot, host, port, subset, namespace).get("loadBalancer") or {}
+    policy = traffic_policy(snapshot, host, port, subset, namespace, labels)
+    lb: Policy = policy.get("loadBalancer") or {}
     return lb
 
 

@@ -12,7 +12,7 @@ import logging
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshpilot.envoy import cluster_policies, names, passthrough
+from meshpilot.envoy import cluster_policies, metadata, names, passthrough
 from meshpilot.envoy.endpoints import load_assignment
 from meshpilot.envoy.protos import ads_source, duration
 from meshpilot.envoy.scope import ALLOW_ANY, Scope, destination_rule_for
@@ -29,13 +29,13 @@ def outbound_clusters(snapshot: Snapshot, scope: Scope) -> list[cluster_pb2.Clus
     out = []
     for host in sorted(snapshot.services):
         svc = snapshot.services[host]
-        dr = destination_rule_for(snapshot, host, scope.namespace)
+        dr = destination_rule_for(snapshot, host, scope.namespace, scope.labels)
         subsets = [""] + [str(s["name"]) for s in (dr.spec.get("subsets") or () if dr else ())]
         for port in svc.ports:
             if not scope.visible(svc, port.number):
                 continue
             for subset in subsets:
-                out.append(_outbound(snapshot, svc, port, subset, scope.namespace))
+                out.append(_outbound(snapshot, svc, port, subset, scope))
     if scope.outbound_policy == ALLOW_ANY:
         out.append(passthrough.cluster())
     return out
@@ -55,7 +55,7 @@ def static_clusters() -> list[cluster_pb2.Cluster]:
 
 
 def _outbound(
-    snapshot: Snapshot, svc: Service, port: Port, subset: str, namespace: str
+    snapshot: Snapshot, svc: Service, port: Port, subset: str, scope: Scope
 ) -> cluster_pb2.Cluster:
     """One outbound cluster. Resolution NONE is served from endpoints like STATIC: without
     traffic capture there is no original destination to pass through to."""
@@ -67,24 +67,26 @@ def _outbound(
             if svc.resolution == Resolution.DNS
             else cluster_pb2.Cluster.LOGICAL_DNS
         )
-        cluster.load_assignment.CopyFrom(_dns_assignment(snapshot, name, svc, port, namespace))
+        cluster.load_assignment.CopyFrom(_dns_assignment(snapshot, name, svc, port, scope))
     else:
         cluster.type = cluster_pb2.Cluster.EDS
         cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
         cluster.eds_cluster_config.service_name = name
     policy = cluster_policies.traffic_policy(
-        snapshot, svc.hostname, port.number, subset, namespace
+        snapshot, svc.hostname, port.number, subset, scope.namespace, scope.labels
     )
     cluster_policies.apply(cluster, policy, port.protocol)
+    rule = destination_rule_for(snapshot, svc.hostname, scope.namespace, scope.labels)
+    metadata.mark_cluster(cluster, svc, rule, subset)
     return cluster
 
 
 def _dns_assignment(
-    snapshot: Snapshot, name: str, svc: Service, port: Port, namespace: str
+    snapshot: Snapshot, name: str, svc: Service, port: Port, scope: Scope
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """DNS clusters carry their hostnames inline: the endpoints' (for a subset, the matching
     ones), or with no endpoints the service host itself."""
-    cla = load_assignment(snapshot, name, namespace)
+    cla = load_assignment(snapshot, name, scope.namespace, labels=scope.labels)
     if not cla.endpoints:
         lb = cla.endpoints.add().lb_endpoints.add()
         lb.endpoint.address.socket_address.address = svc.hostname

@@ -26,20 +26,28 @@ _HEALTH = {
 
 
 def subset_labels(
-    snapshot: Snapshot, host: str, subset: str, namespace: str = ""
+    snapshot: Snapshot,
+    host: str,
+    subset: str,
+    namespace: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> Mapping[str, str] | None:
     """Labels a subset selects (for clients in `namespace`), or None when the applicable
     DestinationRule does not define it."""
-    dr = destination_rule_for(snapshot, host, namespace)
+    dr = destination_rule_for(snapshot, host, namespace, labels)
     for s in (dr.spec.get("subsets") or ()) if dr else ():
         if s.get("name") == subset:
-            labels: Mapping[str, str] = s.get("labels") or {}
-            return labels
+            selected: Mapping[str, str] = s.get("labels") or {}
+            return selected
     return None
 
 
 def load_assignment(
-    snapshot: Snapshot, name: str, namespace: str = "", client: Locality | None = None
+    snapshot: Snapshot,
+    name: str,
+    namespace: str = "",
+    client: Locality | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects.
 
@@ -50,7 +58,7 @@ def load_assignment(
         return cla
     endpoints = snapshot.service_endpoints(parsed.host, parsed.port)
     if parsed.subset:
-        selector = subset_labels(snapshot, parsed.host, parsed.subset, namespace)
+        selector = subset_labels(snapshot, parsed.host, parsed.subset, namespace, labels)
         if selector is None:
             return cla
         endpoints = tuple(
@@ -74,18 +82,24 @@ def load_assignment(
             total += max(ep.weight, 1)
         group.load_balancing_weight.value = total
     if client is not None:
-        policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace)
+        policy = traffic_policy(
+            snapshot, parsed.host, parsed.port, parsed.subset, namespace, labels
+        )
         locality_lb.apply(cla, policy, client)
     return cla
 
 
 def client_locality(
-    snapshot: Snapshot, name: str, namespace: str, client: Locality
+    snapshot: Snapshot,
+    name: str,
+    namespace: str,
+    client: Locality,
+    labels: Mapping[str, str] | None = None,
 ) -> Locality | None:
     """The client's locality when its assignment for `name` depends on it, else None: the
     part of the EDS cache key that keeps proxies elsewhere from sharing a shaped result."""
     parsed = ClusterName.parse(name)
     if parsed is None or parsed.direction != OUTBOUND:
         return None
-    policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace)
+    policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace, labels)
     return client if locality_lb.uses_locality(policy) else None

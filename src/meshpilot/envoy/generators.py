@@ -107,12 +107,12 @@ class EndpointGenerator:
             _cached(
                 snapshot,
                 (
-                    "eds", name, _subset_rule(snapshot, name, proxy.namespace),
+                    "eds", name, _subset_rule(snapshot, name, proxy),
                     locality := endpoints.client_locality(
-                        snapshot, name, proxy.namespace, proxy.locality
+                        snapshot, name, proxy.namespace, proxy.locality, proxy.labels
                     ),
                 ),
-                partial(_eds_resource, snapshot, name, proxy.namespace, locality),
+                partial(_eds_resource, snapshot, name, proxy, locality),
             )
             for name in sorted(names)
         ]
@@ -188,18 +188,21 @@ def _labels_key(snapshot: Snapshot, proxy: Proxy) -> frozenset[tuple[str, str]] 
 
 
 def _eds_resource(
-    snapshot: Snapshot, name: str, namespace: str, client: Locality | None
+    snapshot: Snapshot, name: str, proxy: Proxy, client: Locality | None
 ) -> Resource:
-    return to_resource(name, endpoints.load_assignment(snapshot, name, namespace, client))
+    assignment = endpoints.load_assignment(
+        snapshot, name, proxy.namespace, client, proxy.labels
+    )
+    return to_resource(name, assignment)
 
 
-def _subset_rule(snapshot: Snapshot, name: str, namespace: str) -> str:
-    """Which DestinationRule defines a subset cluster's endpoints for this client namespace:
-    part of the EDS cache key, so clients that see different rules never share a result."""
+def _subset_rule(snapshot: Snapshot, name: str, proxy: Proxy) -> str:
+    """Which DestinationRule defines a subset cluster's endpoints for this client: part of the
+    EDS cache key, so clients that see different rules never share a result."""
     parsed = ClusterName.parse(name)
     if parsed is None or not parsed.subset:
         return ""
-    rule = destination_rule_for(snapshot, parsed.host, namespace)
+    rule = destination_rule_for(snapshot, parsed.host, proxy.namespace, proxy.labels)
     return str(rule.key) if rule is not None else ""
 
 

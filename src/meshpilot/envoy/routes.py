@@ -16,7 +16,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 
-from meshpilot.envoy import cluster_policies, delegation, names
+from meshpilot.envoy import cluster_policies, delegation, metadata, names
 from meshpilot.envoy import route_policies as policies
 from meshpilot.envoy.matchers import string_matcher
 from meshpilot.envoy.protos import duration, pack, parse_duration
@@ -64,7 +64,9 @@ def route_config(
         vhost = config.virtual_hosts.add(name=f"{host}:{port}", domains=domains)
         vs = virtual_service_for(snapshot, host, proxy.namespace)
         if vs is None:
-            vhost.routes.append(default_route(host, port, snapshot, proxy.namespace))
+            vhost.routes.append(
+                default_route(host, port, snapshot, proxy.namespace, proxy.labels)
+            )
         else:
             vhost.routes.extend(virtual_service_routes(vs, proxy, port, snapshot))
     config.virtual_hosts.append(_catch_all(scope.outbound_policy))
@@ -103,7 +105,11 @@ def domains_for(svc: Service, port: int, proxy_namespace: str) -> list[str]:
 
 
 def default_route(
-    host: str, port: int, snapshot: Snapshot | None = None, namespace: str = ""
+    host: str,
+    port: int,
+    snapshot: Snapshot | None = None,
+    namespace: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> rc.Route:
     """The route of a service without a VirtualService; with the snapshot it also carries the
     consistent-hash policy of the service's DestinationRule."""
@@ -112,7 +118,9 @@ def default_route(
     cluster = names.outbound_cluster(host, port)
     route.route.cluster = cluster
     _istio_defaults(route.route)
-    if snapshot is not None and (hashing := _hash_policy([cluster], snapshot, namespace)):
+    if snapshot is not None and (
+        hashing := _hash_policy([cluster], snapshot, namespace, labels)
+    ):
         route.route.hash_policy.append(hashing)
     return route
 
@@ -143,7 +151,10 @@ def virtual_service_routes(
                 continue  # `gateways` (the match's, else the VirtualService's) excludes it
             route = rc.Route(name=str(route_http.get("name", "")))
             route.match.CopyFrom(_route_match(match))
-            _apply_action(route, route_http, owner, port, snapshot, proxy.namespace)
+            _apply_action(
+                route, route_http, owner, port, snapshot, proxy.namespace, proxy.labels
+            )
+            metadata.mark_route(route, vs)
             out.append(route)
     return out
 
@@ -207,9 +218,10 @@ def _apply_action(
     port: int,
     snapshot: Snapshot,
     namespace: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> None:
-    """Fill a route's action from an Istio http route; `namespace` is the client's, which
-    decides the DestinationRule that supplies consistent-hash settings."""
+    """Fill a route's action from an Istio http route; `namespace` and `labels` are the
+    client's, which decide the DestinationRule that supplies consistent-hash settings."""
     if "directResponse" in http:
         direct = http["directResponse"]
         route.direct_response.status = int(direct.get("status", 200))
@@ -257,12 +269,15 @@ def _apply_action(
         route.typed_per_filter_config[policies.FAULT_FILTER].CopyFrom(pack(fault))
     if (cors := policies.cors(http.get("corsPolicy"))) is not None:
         route.typed_per_filter_config[policies.CORS_FILTER].CopyFrom(pack(cors))
-    if (hashing := _hash_policy(clusters, snapshot, namespace)) is not None:
+    if (hashing := _hash_policy(clusters, snapshot, namespace, labels)) is not None:
         action.hash_policy.append(hashing)
 
 
 def _hash_policy(
-    clusters: list[str], snapshot: Snapshot, namespace: str
+    clusters: list[str],
+    snapshot: Snapshot,
+    namespace: str,
+    labels: Mapping[str, str] | None = None,
 ) -> rc.RouteAction.HashPolicy | None:
     """Consistent hashing needs the route to say what to hash: take it from the destinations'
     DestinationRule, as long as they all agree (Istio does the same)."""
@@ -274,12 +289,14 @@ def _hash_policy(
         if parsed is None:
             return None
         lb = cluster_policies.load_balancer(
-            snapshot, parsed.host, parsed.port, parsed.subset, namespace
+            snapshot, parsed.host, parsed.port, parsed.subset, namespace, labels
         )
         found.add(repr(lb.get("consistentHash")))
         if len(found) > 1 or "consistentHash" not in lb:
             return None
-    lb = cluster_policies.load_balancer(snapshot, *_host_port_subset(clusters[0]), namespace)
+    lb = cluster_policies.load_balancer(
+        snapshot, *_host_port_subset(clusters[0]), namespace, labels
+    )
     return policies.hash_policy(lb["consistentHash"])
 
 

@@ -59,12 +59,15 @@ class Scope:
     sidecar: Config | None
     egress: tuple[EgressListener, ...]
     outbound_policy: str
+    labels: Mapping[str, str] | None = None
+    """The proxy's labels, kept only when DestinationRules select workloads by label."""
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Identity for caching: proxies with equal keys see the same outbound world."""
         sidecar = (str(self.sidecar.key), self.sidecar.resource_version) if self.sidecar else None
-        return (self.namespace, sidecar, self.outbound_policy)
+        labels = frozenset(self.labels.items()) if self.labels is not None else None
+        return (self.namespace, sidecar, self.outbound_policy, labels)
 
     def visible(self, service: Service, port: int | None = None) -> bool:
         """Whether the proxy may reach `service` (on `port`, when given)."""
@@ -110,7 +113,8 @@ def sidecar_for(snapshot: Snapshot, proxy: Proxy) -> Config | None:
 
 
 def scope_for(snapshot: Snapshot, proxy: Proxy, default_policy: str = ALLOW_ANY) -> Scope:
-    labels = frozenset(proxy.labels.items()) if snapshot.sidecars else frozenset()
+    by_labels = snapshot.sidecars or rules_select_workloads(snapshot)
+    labels = frozenset(proxy.labels.items()) if by_labels else frozenset()
     key = ("scope", proxy.namespace, labels, default_policy)
     found: Scope | None = snapshot.cache.get(key)
     if found is None:
@@ -121,8 +125,9 @@ def scope_for(snapshot: Snapshot, proxy: Proxy, default_policy: str = ALLOW_ANY)
 def _build(snapshot: Snapshot, proxy: Proxy, default_policy: str) -> Scope:
     # Sidecar resources configure sidecars only; Istio never applies them to gateways.
     sidecar = sidecar_for(snapshot, proxy) if proxy.type == NodeType.SIDECAR else None
+    labels = dict(proxy.labels) if rules_select_workloads(snapshot) else None
     if sidecar is None:
-        return Scope(proxy.namespace, None, (), default_policy)
+        return Scope(proxy.namespace, None, (), default_policy, labels)
     egress = tuple(
         EgressListener(
             port=(item.get("port") or {}).get("number"),
@@ -132,7 +137,7 @@ def _build(snapshot: Snapshot, proxy: Proxy, default_policy: str) -> Scope:
         for item in sidecar.spec.get("egress") or ()
     ) or (EgressListener(None, "", (("*", "*"),)),)  # no egress: Istio's default */*
     policy = (sidecar.spec.get("outboundTrafficPolicy") or {}).get("mode") or default_policy
-    return Scope(proxy.namespace, sidecar, egress, str(policy))
+    return Scope(proxy.namespace, sidecar, egress, str(policy), labels)
 
 
 def _host_pattern(text: str, namespace: str) -> tuple[str, str]:
@@ -179,18 +184,42 @@ def _find_virtual_service(snapshot: Snapshot, hostname: str, namespace: str) -> 
     return wildcard
 
 
-def destination_rule_for(snapshot: Snapshot, hostname: str, namespace: str) -> Config | None:
-    """The DestinationRule for `hostname` as seen from `namespace`, by Istio's precedence:
-    a rule in the client's namespace, then in the service's, then in the root namespace,
-    then any other exported one; within each, an exact host beats the longest wildcard."""
-    key = ("dr-for", hostname, namespace)
+def rules_select_workloads(snapshot: Snapshot) -> bool:
+    """Whether any DestinationRule has a workloadSelector, making rules depend on labels."""
+    key = ("dr-selectors",)
     if key not in snapshot.cache:
-        snapshot.cache[key] = _find_destination_rule(snapshot, hostname, namespace)
+        snapshot.cache[key] = any(
+            r.spec.get("workloadSelector") for r in snapshot.destination_rules
+        )
+    found: bool = snapshot.cache[key]
+    return found
+
+
+def labels_key(snapshot: Snapshot, labels: Mapping[str, str] | None) -> frozenset[Any] | None:
+    """The client's labels when DestinationRule selection depends on them, else None."""
+    if labels is None or not rules_select_workloads(snapshot):
+        return None
+    return frozenset(labels.items())
+
+
+def destination_rule_for(
+    snapshot: Snapshot, hostname: str, namespace: str, labels: Mapping[str, str] | None = None
+) -> Config | None:
+    """The DestinationRule for `hostname` as seen from a client in `namespace` with `labels`,
+    by Istio's precedence: a rule whose workloadSelector selects the client (in its own
+    namespace), then a rule in the client's namespace, then in the service's, then in the
+    root namespace, then any other exported one; within each, an exact host beats the longest
+    wildcard. Rules with a selector never apply to workloads they do not select."""
+    key = ("dr-for", hostname, namespace, labels_key(snapshot, labels))
+    if key not in snapshot.cache:
+        snapshot.cache[key] = _find_destination_rule(snapshot, hostname, namespace, labels)
     found: Config | None = snapshot.cache[key]
     return found
 
 
-def _find_destination_rule(snapshot: Snapshot, hostname: str, namespace: str) -> Config | None:
+def _find_destination_rule(
+    snapshot: Snapshot, hostname: str, namespace: str, labels: Mapping[str, str] | None
+) -> Config | None:
     service = snapshot.services.get(hostname)
     service_ns = service.namespace if service is not None else ""
     best: tuple[tuple[int, int], Config] | None = None
@@ -200,7 +229,17 @@ def _find_destination_rule(snapshot: Snapshot, hostname: str, namespace: str) ->
         host = resolve_short_name(str(rule.spec.get("host", "")), rule.namespace)
         if not host_matches(host, hostname):
             continue
-        if rule.namespace == namespace:
+        selector: Mapping[str, str] = (rule.spec.get("workloadSelector") or {}).get(
+            "labels"
+        ) or {}
+        if rule.spec.get("workloadSelector") is not None:
+            selected = rule.namespace == namespace and labels is not None and all(
+                labels.get(k) == v for k, v in selector.items()
+            )
+            if not selected:
+                continue
+            place = 4
+        elif rule.namespace == namespace:
             place = 3
         elif rule.namespace == service_ns:
             place = 2
