@@ -13,6 +13,7 @@ from meshpilot.registry.aggregate import AggregateRegistry
 from meshpilot.registry.serviceentry import ServiceEntryRegistry
 from meshpilot.xds.discovery import DebounceSettings, DiscoveryServer
 from meshpilot.xds.server import start_grpc_server
+from tests.registry_servers import etcd_server, zookeeper_server  # noqa: F401 (fixtures)
 
 
 @dataclass

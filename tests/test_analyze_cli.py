@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from meshpilot.cli.main import app
+from meshpilot.demo.mesh import free_port
 
 # A VirtualService routing to a host nobody defines (IST0101, Error) and a Service whose port
 # name says nothing about its protocol (IST0118, Info).
@@ -292,11 +293,24 @@ def test_list_analyzers() -> None:
     assert "* schema.ValidationAnalyzer.VirtualService: " in result.stdout
 
 
-def test_offline_mode_is_accepted_and_live_mode_is_refused(broken: Path) -> None:
+def test_live_mode_without_a_server_says_so(broken: Path) -> None:
     assert run("--use-kube=false", str(broken)).exit_code == 79
-    live = run("--use-kube=true", str(broken))
-    assert live.exit_code == 2
-    assert "not available yet" in " ".join(live.output.replace("│", " ").split())
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    for flag in ("--use-kube=true", "--live"):
+        live = run(flag, "--xds-address", address, "--timeout", "0.5", str(broken))
+        assert live.exit_code == 1
+        assert f"discovery server at {address}" in live.output
+
+
+def test_bad_use_kube_value_is_a_usage_error(broken: Path) -> None:
+    assert run("--use-kube=maybe", str(broken)).exit_code == 2
+
+
+def test_list_shows_optional_analyzers_apart() -> None:
+    listing = run("-L").stdout
+    assert "* annotations.AlphaAnalyzer: " in listing
+    assert "(only with --analyzer)" in listing
+    assert "* sidecar.SelectorAnalyzer: " in listing
 
 
 def test_paths_are_required_offline() -> None:

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
+from meshpilot.analysis.server import ServerAnalysis
 from meshpilot.config.filestore import FileConfigStore
 from meshpilot.config.secrets import SecretStore
 from meshpilot.debug.controlz import start_controlz
 from meshpilot.debug.http import start_debug_server
 from meshpilot.registry.aggregate import AggregateRegistry
+from meshpilot.registry.autoregistration import AutoRegistration
 from meshpilot.registry.plugins import create_registry
 from meshpilot.registry.serviceentry import ServiceEntryRegistry
 from meshpilot.settings import DiscoverySettings
@@ -44,7 +46,11 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     store = FileConfigStore(list(settings.config_dirs))
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
-    aggregate.add(ServiceEntryRegistry(store, discovery, cluster_id=settings.cluster_id))
+    discovery.autoregistration = AutoRegistration(store)
+    aggregate.add(ServiceEntryRegistry(
+        store, discovery, cluster_id=settings.cluster_id,
+        more_stores=[discovery.autoregistration.store],
+    ))
     for url in settings.registries:
         aggregate.add(create_registry(url, discovery))
     if settings.secrets_dir is not None:
@@ -85,6 +91,8 @@ async def stop(running: Running) -> None:
 
 async def serve(settings: DiscoverySettings) -> None:
     discovery = build_discovery(settings)
+    if settings.analysis:
+        discovery.analysis = ServerAnalysis(discovery)
     running = await start(settings, discovery)
     log.info(
         "xDS on %s (port %d), debug HTTP on %s",
@@ -104,6 +112,8 @@ async def serve(settings: DiscoverySettings) -> None:
             group.create_task(discovery.run(), name="discovery")
             if discovery.secrets is not None:
                 group.create_task(discovery.secrets.run(), name="secrets")
+            if discovery.analysis is not None:
+                group.create_task(discovery.analysis.run(), name="analysis")
     except asyncio.CancelledError:
         log.info("shutting down")
     finally:

@@ -29,3 +29,5 @@ class DiscoverySettings:
     """Third-party registry URLs (`consul://…`, `etcd://…`), adapters found by scheme."""
     cluster_id: str = "Kubernetes"
     """Cluster id given to endpoints of config-defined registries (Istio's default name)."""
+    analysis: bool = True
+    """Analyze the config on every change (`/debug/analyze`, see analysis/server.py)."""

@@ -227,3 +227,32 @@ def _eds_addresses(mesh: Mesh, cluster: str) -> set[str]:
 def test_example_config_is_valid(mesh: Mesh) -> None:
     assert get_json(f"{mesh.debug_url}/debug/config_errors") == []
     assert Path(mesh.config_dir / "routing.yaml").exists()
+
+
+def test_workload_group_registers_a_workload_on_connect(mesh: Mesh) -> None:
+    mesh.write_config("workload-group.yaml", """
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata:
+  name: reviews-vms
+  namespace: default
+spec:
+  metadata:
+    labels:
+      app: reviews
+      version: v1
+  template:
+    serviceAccount: reviews
+""")
+    vm = Workload("reviews-vm", mesh.address(15), {"app": "reviews", "version": "v1"},
+                  mesh.address(15), workload_group="reviews-vms")
+    try:
+        mesh.start_workload(vm)
+        mesh.wait_envoy_ready(vm.name)
+        wait_until(lambda: "reviews-vm" in tally(mesh, 40), 15, "traffic to the VM")
+    finally:
+        mesh._stop(f"sidecar-{vm.name}")
+    # Ten seconds after its proxy left, the entry is gone from the client's Envoy.
+    cluster = "outbound|9080||reviews.default.svc.cluster.local"
+    assert vm.ip in _eds_addresses(mesh, cluster)
+    wait_until(lambda: vm.ip not in _eds_addresses(mesh, cluster), 30, "the VM deregistered")

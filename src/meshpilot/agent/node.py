@@ -143,6 +143,8 @@ class NodeInfo:
     cluster_id: str = ""
     locality: str = ""
     """`region/zone/subzone`, sent as the xDS node's locality (as Istio's agent does)."""
+    workload_group: str = ""
+    """A WorkloadGroup to register this workload in when it connects (auto-registration)."""
     outbound_bind: str = DEFAULT_OUTBOUND_BIND
     app_address: str = ""
     admin_address: str = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
@@ -161,7 +163,8 @@ class NodeInfo:
 
     def metadata(self) -> dict[str, Any]:
         """The metadata as plain JSON values, before encoding into a Struct."""
-        return {
+        extra = {"AUTO_REGISTER_GROUP": self.workload_group} if self.workload_group else {}
+        return extra | {
             NAMESPACE: self.namespace,
             LABELS: dict(self.labels),
             WORKLOAD_NAME: self.workload_name,

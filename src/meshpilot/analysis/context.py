@@ -1,4 +1,5 @@
-"""What an analyzer sees: the resources under analysis, the mesh config, and a place to report.
+"""What an analyzer sees: the resources under analysis, the mesh config, the services of a
+running server's external registries (live analysis only), and a place to report.
 
 Resources are indexed by collection and by (namespace, name), so `find` is a dictionary lookup
 and `for_each` walks one collection in the order the resources were read. `report` turns a
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.analysis.message import Message
 from meshpilot.analysis.messages import MessageType
+from meshpilot.analysis.registries import RegistryService
 from meshpilot.analysis.resource import Collection, Resource
 
 
@@ -48,6 +50,9 @@ class ResourceSet:
 class Context:
     resources: ResourceSet
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    registries: tuple[RegistryService, ...] = ()
+    """Services of registries that config does not define (Consul, Eureka, …): known only to
+    a running server, so empty offline. Registry-aware analyzers read them."""
     messages: list[Message] = field(default_factory=list)
 
     def find(self, collection: Collection, namespace: str, name: str) -> Resource | None:

@@ -14,17 +14,21 @@ from meshpilot.analysis.context import Context, ResourceSet
 from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.analysis.message import Message
 from meshpilot.analysis.messages import message_type
+from meshpilot.analysis.registries import RegistryService
 
 INTERNAL_ERROR = message_type("InternalError")
 
 
 def run_analyzers(
-    analyzers: Sequence[Analyzer], resources: ResourceSet, mesh: MeshConfig | None = None
+    analyzers: Sequence[Analyzer],
+    resources: ResourceSet,
+    mesh: MeshConfig | None = None,
+    registries: Sequence[RegistryService] = (),
 ) -> list[Message]:
     mesh = mesh or MeshConfig()
     messages: list[Message] = []
     for analyzer in analyzers:
-        ctx = Context(resources, mesh)
+        ctx = Context(resources, mesh, tuple(registries))
         try:
             analyzer.analyze(ctx)
         except Exception as error:  # one broken analyzer must not stop the rest

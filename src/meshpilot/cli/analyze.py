@@ -1,8 +1,12 @@
 """`meshpilot analyze`: Istio-compatible configuration analysis, mirroring `istioctl analyze`.
 
-Offline analysis of files is the only mode so far (it is the default, and
-`--use-kube=false` is accepted for istioctl compatibility); live analysis against a running
-discovery server is not implemented yet and `--use-kube=true` says so.
+Offline analysis of files is the default (`--use-kube=false`, istioctl's flag). Live analysis
+(`--use-kube=true`, or `--live`) asks the running discovery server at `--xds-address` for
+its config (with origins) and its registries' services over xDS (the `istio.io/debug` type,
+topic `analysis_inputs`), lays the files given on top (a file's resource replaces the
+server's resource of the same kind, namespace and name) and analyzes the whole, so a change
+can be checked against the live mesh before it is written. Without files it analyzes the
+server's config as served.
 
 Exit codes follow istioctl: with `-o log`, 79 when a message reaches `--failure-threshold`,
 otherwise 65 when some file could not be parsed; 0 in every other case (including any
@@ -19,7 +23,8 @@ import typer
 from rich.console import Console
 
 from meshpilot.analysis.analyzer import Analyzer
-from meshpilot.analysis.analyzers import ALL, BY_NAME
+from meshpilot.analysis.analyzers import ALL, BY_NAME, OPTIONAL
+from meshpilot.analysis.live import analyze_live, parse_server_inputs
 from meshpilot.analysis.loader import load_mapping_file
 from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.analysis.message import Message
@@ -27,6 +32,7 @@ from meshpilot.analysis.messages import Level
 from meshpilot.analysis.offline import AnalysisResult, analyze_paths
 from meshpilot.analysis.output import FORMATS, log_line, render_json, render_yaml
 from meshpilot.analysis.suppress import Suppression
+from meshpilot.diagnostics import xdsclient
 
 EXIT_FOUND_ISSUES = 79
 EXIT_PARSE_ERROR = 65
@@ -75,6 +81,9 @@ def _list_analyzers(console: Console) -> None:
     for analyzer in sorted(ALL, key=lambda a: a.name):
         console.print(f"* {analyzer.name}: {analyzer.description}", highlight=False,
                       soft_wrap=True)
+    for analyzer in sorted(OPTIONAL, key=lambda a: a.name):
+        console.print(f"* {analyzer.name}: {analyzer.description} (only with --analyzer)",
+                      highlight=False, soft_wrap=True)
 
 
 def _target(namespace: str | None) -> str:
@@ -89,8 +98,18 @@ def analyze(
     use_kube: Annotated[
         str,
         typer.Option("--use-kube", metavar="BOOL",
-                     help="Use a live mesh; only false (offline analysis of the files) exists."),
+                     help="true: analyze the running server's config and registries with the "
+                     "files laid on top; false: the files alone."),
     ] = "false",
+    live: Annotated[
+        bool, typer.Option("--live", help="Same as --use-kube=true.")
+    ] = False,
+    xds_address: Annotated[
+        str, typer.Option("--xds-address", help="The discovery server to ask in live mode.")
+    ] = xdsclient.DEFAULT_XDS_ADDRESS,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the server (live mode).")
+    ] = 10.0,
     analyzer: Annotated[
         list[str] | None,
         typer.Option("--analyzer", help="Run only this analyzer (repeatable)."),
@@ -149,10 +168,7 @@ def analyze(
     if list_analyzers:
         _list_analyzers(console)
         return
-    if _truth(use_kube):
-        raise typer.BadParameter(
-            "live analysis against a running server is not available yet; analyze files with "
-            "--use-kube=false", param_hint="--use-kube")
+    live = live or _truth(use_kube)
     if output not in FORMATS:
         raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}", param_hint="--output")
     shown_level, failing_level = _level(output_threshold), _level(failure_threshold)
@@ -161,17 +177,23 @@ def analyze(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--suppress") from error
     selected = None if all_namespaces else (namespace or DEFAULT_NAMESPACE)
-    if not paths:
+    if not paths and not live:
         raise typer.BadParameter("give files, directories or - to analyze (offline mode)",
                                  param_hint="PATHS")
-    result = analyze_paths(
-        paths,
-        namespace=selected,
-        analyzers=_select_analyzers(analyzer or []),
-        mesh=_mesh_config(mesh_config_file, mesh_networks_file),
-        suppressions=suppressions,
-        recursive=recursive,
-    )
+    chosen = _select_analyzers(analyzer or [])
+    mesh = _mesh_config(mesh_config_file, mesh_networks_file)
+    if live:
+        try:
+            inputs = parse_server_inputs(
+                xdsclient.topic(xds_address, "analysis_inputs", timeout=timeout))
+        except (xdsclient.ServerError, ValueError) as error:
+            typer.echo(f"Error: {error}", err=True)
+            raise typer.Exit(1) from error
+        result = analyze_live(inputs, paths or [], namespace=selected, analyzers=chosen,
+                              mesh=mesh, suppressions=suppressions, recursive=recursive)
+    else:
+        result = analyze_paths(paths or [], namespace=selected, analyzers=chosen, mesh=mesh,
+                               suppressions=suppressions, recursive=recursive)
     for problem in result.errors:
         typer.echo(f"Error: {problem}", err=True)
     shown = [m for m in result.messages if m.level.rank >= shown_level.rank]

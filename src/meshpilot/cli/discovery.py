@@ -68,6 +68,14 @@ def discovery(
             "nacos://…?namespace=…&group=…, zookeeper://…/dubbo, etcd://…?prefix=…&layout=….",
         ),
     ] = None,
+    analysis: Annotated[
+        bool,
+        typer.Option(
+            "--analysis/--no-analysis",
+            help="Analyze the config on every change, as istioctl analyze does; messages on "
+            "/debug/analyze and the meshpilot_analysis_messages metric.",
+        ),
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the discovery server: watch config, serve xDS to Envoy and gRPC clients."""
@@ -83,6 +91,7 @@ def discovery(
         debounce=DebounceSettings(quiet=debounce_after, max_delay=debounce_max),
         secrets_dir=secrets_dir,
         registries=tuple(registry or ()),
+        analysis=analysis,
     )
     try:
         asyncio.run(serve(settings))

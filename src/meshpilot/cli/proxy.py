@@ -134,6 +134,14 @@ NetworkOption = Annotated[str, typer.Option("--network", help="Network the insta
 ClusterIdOption = Annotated[
     str, typer.Option("--cluster-id", help="Registry cluster the instance belongs to.")
 ]
+WorkloadGroupOption = Annotated[
+    str,
+    typer.Option(
+        "--workload-group", metavar="NAME",
+        help="Register this workload in a WorkloadGroup when it connects (no WorkloadEntry "
+        "file needed); it is removed again after the proxy disconnects.",
+    ),
+]
 LocalityOption = Annotated[
     str,
     typer.Option(
@@ -163,6 +171,7 @@ class IdentityArgs:
     network: str = ""
     cluster_id: str = ""
     locality: str = ""
+    workload_group: str = ""
     admin_port: int = DEFAULT_ADMIN_PORT
     xds_variant: XdsVariant = XdsVariant.SOTW
 
@@ -184,6 +193,7 @@ class IdentityArgs:
             network=self.network,
             cluster_id=self.cluster_id,
             locality=_check_locality(self.locality),
+            workload_group=self.workload_group,
             outbound_bind=_check_ip(self.outbound_bind, "--outbound-bind"),
             app_address=_app_address(self.app_address),
             admin_address=str(HostPort("127.0.0.1", _check_port(self.admin_port))),
@@ -424,6 +434,7 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
         network: NetworkOption = "",
         cluster_id: ClusterIdOption = "",
         locality: LocalityOption = "",
+        workload_group: WorkloadGroupOption = "",
         admin_port: AdminPortOption = DEFAULT_ADMIN_PORT,
         xds_variant: XdsVariantOption = XdsVariant.SOTW,
         log_level: Annotated[
@@ -460,6 +471,7 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
             network=network,
             cluster_id=cluster_id,
             locality=locality,
+            workload_group=workload_group,
             admin_port=admin_port,
             xds_variant=xds_variant,
         )
@@ -492,6 +504,7 @@ def bootstrap_command(
     network: NetworkOption = "",
     cluster_id: ClusterIdOption = "",
     locality: LocalityOption = "",
+    workload_group: WorkloadGroupOption = "",
     admin_port: AdminPortOption = DEFAULT_ADMIN_PORT,
     xds_variant: XdsVariantOption = XdsVariant.SOTW,
     output: Annotated[
@@ -511,6 +524,7 @@ def bootstrap_command(
         network=network,
         cluster_id=cluster_id,
         locality=locality,
+        workload_group=workload_group,
         admin_port=admin_port,
         xds_variant=xds_variant,
     )

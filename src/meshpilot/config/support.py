@@ -109,6 +109,11 @@ SUPPORTED: Mapping[str, Tree] = {
         "endpoints": [{"address": ALL, "ports": ALL, "labels": ALL, "network": ALL,
                        "locality": ALL, "weight": ALL, "serviceAccount": ALL}],
     },
+    Kind.WORKLOAD_GROUP: {
+        "metadata": {"labels": ALL, "annotations": ALL},
+        "template": {"ports": ALL, "labels": ALL, "network": ALL, "locality": ALL,
+                     "weight": ALL, "serviceAccount": ALL},
+    },
     Kind.WORKLOAD_ENTRY: {
         "address": ALL, "ports": ALL, "labels": ALL, "network": ALL, "locality": ALL,
         "weight": ALL, "serviceAccount": ALL,

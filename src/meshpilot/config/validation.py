@@ -50,6 +50,7 @@ DESTINATION_RULE_FIELDS = frozenset({
     "host", "trafficPolicy", "subsets", "exportTo", "workloadSelector",
 })
 GATEWAY_FIELDS = frozenset({"servers", "selector"})
+WORKLOAD_GROUP_FIELDS = frozenset({"metadata", "template", "probe"})
 SIDECAR_FIELDS = frozenset({
     "workloadSelector", "ingress", "egress", "outboundTrafficPolicy", "inboundConnectionPool",
 })
@@ -61,6 +62,7 @@ KNOWN_SPEC_FIELDS: Mapping[str, frozenset[str]] = {
     Kind.DESTINATION_RULE: DESTINATION_RULE_FIELDS,
     Kind.GATEWAY: GATEWAY_FIELDS,
     Kind.SIDECAR: SIDECAR_FIELDS,
+    Kind.WORKLOAD_GROUP: WORKLOAD_GROUP_FIELDS,
 }
 
 _SERVICE_PORT_FIELDS = frozenset({"number", "protocol", "name", "targetPort"})
@@ -1077,6 +1079,31 @@ def validate_sidecar(spec: Mapping[str, Any]) -> list[Problem]:
     return c.problems
 
 
+def validate_workload_group(spec: Mapping[str, Any]) -> list[Problem]:
+    """A template for WorkloadEntries of workloads that register themselves (VMs): like a
+    WorkloadEntry without an address, which each workload brings when it connects."""
+    c = _Checker()
+    c.known_fields(spec, "spec", WORKLOAD_GROUP_FIELDS)
+    meta = c.mapping(spec.get("metadata"), "spec.metadata")
+    if meta is not None:
+        c.known_fields(meta, "spec.metadata", frozenset({"labels", "annotations"}))
+        _check_labels(c, meta.get("labels"), "spec.metadata.labels")
+    template = c.mapping(spec.get("template"), "spec.template")
+    if template is None:
+        c.add("spec.template", "workload group must have a template")
+    else:
+        if template.get("address"):
+            c.add("spec.template.address", "the template must not set an address: each "
+                                           "workload brings its own")
+        body = {k: v for k, v in template.items() if k != "address"}
+        problems = validate_workload_entry({**body, "address": "0.0.0.0"})
+        c.problems.extend(
+            Problem(p.field.replace("spec.", "spec.template.", 1), p.message) for p in problems
+        )
+    c.mapping(spec.get("probe"), "spec.probe")
+    return c.problems
+
+
 VALIDATORS: Mapping[str, SpecValidator] = {
     Kind.SERVICE_ENTRY: validate_service_entry,
     Kind.WORKLOAD_ENTRY: validate_workload_entry,
@@ -1084,6 +1111,7 @@ VALIDATORS: Mapping[str, SpecValidator] = {
     Kind.DESTINATION_RULE: validate_destination_rule,
     Kind.GATEWAY: validate_gateway,
     Kind.SIDECAR: validate_sidecar,
+    Kind.WORKLOAD_GROUP: validate_workload_group,
 }
 
 

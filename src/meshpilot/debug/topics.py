@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshpilot.analysis.live import server_inputs
 from meshpilot.debug import syncz
 from meshpilot.debug.configdump import config_dump_json
 from meshpilot.envoy.names import SHORT_NAMES
@@ -59,11 +60,30 @@ def configz(server: DiscoveryServer, _: Params) -> Any:
                 "labels": dict(c.labels),
                 "spec": c.spec,
                 "status": "valid",
+                "analysis": _analysis_of(server, c.kind, c.namespace, c.name),
             }
             for c in sorted(server.store.all(), key=lambda c: c.key)
         ],
         "errors": [_error(e) for e in server.store.errors()],
     }
+
+
+def _analysis_of(server: DiscoveryServer, kind: str, namespace: str, name: str) -> Any:
+    """The latest analysis messages about one resource; None when analysis is off."""
+    if server.analysis is None:
+        return None
+    return server.analysis.for_resource(kind, namespace, name)
+
+
+def analyze(server: DiscoveryServer, _: Params) -> Any:
+    if server.analysis is None:
+        raise TopicError(404, "analysis is turned off (meshpilot discovery --no-analysis)")
+    return server.analysis.topic()
+
+
+def analysis_inputs(server: DiscoveryServer, _: Params) -> Any:
+    _require_snapshot(server)  # before the first sync the config would be partial
+    return server_inputs(server.store.all(), server.registry)
 
 
 def config_errors(server: DiscoveryServer, _: Params) -> Any:
@@ -216,6 +236,16 @@ TOPICS: dict[str, tuple[Topic, str]] = {
     "/debug/adsz": (adsz, "connected proxies and their subscriptions"),
     "/debug/registryz": (registryz, "services and endpoints by registry"),
     "/debug/push_status": (push_status, "the last push and a summary of proxy sync states"),
+    "/debug/analyze": (
+        analyze,
+        "configuration analysis of the served config (istioctl analyze's messages), per "
+        "resource with file and line; rejected documents as IST0106",
+    ),
+    "/debug/analysis_inputs": (
+        analysis_inputs,
+        "what analysis reads: every config with origin and field lines, and every "
+        "registry's services and endpoints (used by meshpilot analyze --use-kube=true)",
+    ),
 }
 
 DESCRIPTIONS: dict[str, str] = {

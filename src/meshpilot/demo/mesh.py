@@ -86,6 +86,8 @@ class Workload:
     xds_variant: str = "sotw"
     locality: str = ""
     app_host: str = "127.0.0.1"
+    workload_group: str = ""
+    """Register through this WorkloadGroup instead of a WorkloadEntry file."""
 
     @property
     def app_address(self) -> str:
@@ -232,6 +234,8 @@ class Mesh:
                 workload.xds_variant,
                 "--locality",
                 workload.locality,
+                "--workload-group",
+                workload.workload_group,
                 "--config-path",
                 str(config_path),
             ],

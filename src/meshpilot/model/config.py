@@ -29,6 +29,7 @@ class Kind:
     DESTINATION_RULE = "DestinationRule"
     GATEWAY = "Gateway"
     SIDECAR = "Sidecar"
+    WORKLOAD_GROUP = "WorkloadGroup"
 
 
 class ConfigKey(NamedTuple):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from meshpilot.config.store import ConfigStore, Event
@@ -143,8 +143,16 @@ class _LabelIndex:
 class ServiceEntryRegistry:
     """Reads ServiceEntry and WorkloadEntry from a config store and keeps an index of both."""
 
-    def __init__(self, store: ConfigStore, updater: Updater, cluster_id: str = "") -> None:
-        self._store = store
+    def __init__(
+        self,
+        store: ConfigStore,
+        updater: Updater,
+        cluster_id: str = "",
+        more_stores: Sequence[ConfigStore] = (),
+    ) -> None:
+        """`more_stores` add WorkloadEntries (and ServiceEntries) from other sources, such as
+        auto-registered workloads, indexed together with the main store's."""
+        self._stores = [store, *more_stores]
         self._updater = updater
         self._cluster_id = cluster_id
         self._entries: dict[ConfigKey, Config] = {}
@@ -155,11 +163,12 @@ class ServiceEntryRegistry:
         self._selectors = _LabelIndex()
         self._labels = _LabelIndex()
         self._endpoints: dict[HostKey, list[Endpoint]] = {}
-        store.register_handler(self._on_config)
-        for config in store.list(Kind.SERVICE_ENTRY):
-            self._add_entry(config)
-        for config in store.list(Kind.WORKLOAD_ENTRY):
-            self._add_workload(config)
+        for source in self._stores:
+            source.register_handler(self._on_config)
+            for config in source.list(Kind.SERVICE_ENTRY):
+                self._add_entry(config)
+            for config in source.list(Kind.WORKLOAD_ENTRY):
+                self._add_workload(config)
 
     @property
     def provider(self) -> str:
@@ -170,10 +179,11 @@ class ServiceEntryRegistry:
         return self._cluster_id
 
     def has_synced(self) -> bool:
-        return self._store.has_synced()
+        return all(s.has_synced() for s in self._stores)
 
     async def wait_synced(self) -> None:
-        await self._store.wait_synced()
+        for source in self._stores:
+            await source.wait_synced()
 
     async def run(self) -> None:
         # Everything arrives through the store's handlers; nothing of our own to watch.

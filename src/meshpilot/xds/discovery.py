@@ -17,10 +17,12 @@ import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from meshpilot.config.secrets import SecretStore
 from meshpilot.config.store import ConfigStore
 from meshpilot.config.support import UnsupportedFields
+from meshpilot.registry.autoregistration import AutoRegistration
 from meshpilot.debug.metrics import Metrics
 from meshpilot.envoy.generators import GENERATORS, Resource
 from meshpilot.envoy.names import ClusterName
@@ -30,6 +32,9 @@ from meshpilot.model.snapshot import Snapshot
 from meshpilot.registry.base import ServiceRegistry
 from meshpilot.xds.connection import Connection
 from meshpilot.xds.debounce import debounce
+
+if TYPE_CHECKING:
+    from meshpilot.analysis.server import ServerAnalysis
 
 log = logging.getLogger("meshpilot.xds")
 
@@ -65,8 +70,12 @@ class DiscoveryServer:
         self.metrics = Metrics(self)
         self.secrets: SecretStore | None = None
         """Gateway credentials (`--secrets-dir`), read into every full snapshot."""
+        self.autoregistration: AutoRegistration | None = None
+        """Creates WorkloadEntries for proxies that name a WorkloadGroup (see its module)."""
         self.unsupported = UnsupportedFields()
         """Fields of current config that meshpilot accepts but does not apply, by resource."""
+        self.analysis: ServerAnalysis | None = None
+        """Config analysis on every change (`meshpilot.analysis.server`), unless turned off."""
         store.register_handler(self.unsupported.on_config)
         store.register_handler(self._on_config)
 
@@ -172,11 +181,15 @@ class DiscoveryServer:
 
     def connect(self, connection: Connection) -> None:
         self.connections[connection.id] = connection
+        if self.autoregistration is not None:
+            self.autoregistration.connected(connection.proxy)
         log.info("connected %s (%s) from %s", connection.proxy.id,
                  "delta" if connection.delta else "sotw", connection.peer)
 
     def disconnect(self, connection: Connection) -> None:
         self.connections.pop(connection.id, None)
+        if self.autoregistration is not None:
+            self.autoregistration.disconnected(connection.proxy)
         log.info("disconnected %s", connection.proxy.id)
 
     def generate(

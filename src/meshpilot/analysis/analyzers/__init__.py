@@ -1,4 +1,9 @@
-"""Every analyzer meshpilot runs, in one list; names follow Istio's where Istio has one."""
+"""Every analyzer meshpilot has; names follow Istio's where Istio has one.
+
+`ALL` runs by default. `OPTIONAL` holds analyzers Istio also leaves out of its default set
+(too noisy, or superseded by a merged analyzer); they run only when named with `--analyzer`.
+`BY_NAME` finds both.
+"""
 
 from collections.abc import Mapping
 
@@ -17,11 +22,13 @@ from meshpilot.analysis.analyzers import (
     gateway,
     injection,
     k8sgateway,
+    maturity,
     meshnetworks,
     registry,
     schema,
     service,
     serviceentry,
+    sidecar,
     telemetry,
     virtualservice,
     webhook,
@@ -56,6 +63,7 @@ ALL: tuple[Analyzer, ...] = (
     service.PortNameAnalyzer(),
     serviceentry.Analyzer(),
     serviceentry.ConflictingServiceEntryProtocolAnalyzer(),
+    sidecar.SelectorAnalyzer(),
     telemetry.ProviderAnalyzer(),
     telemetry.SelectorAnalyzer(),
     telemetry.DefaultSelectorAnalyzer(),
@@ -68,4 +76,9 @@ ALL: tuple[Analyzer, ...] = (
     webhook.Analyzer(),
 )
 
-BY_NAME: Mapping[str, Analyzer] = {analyzer.name: analyzer for analyzer in ALL}
+OPTIONAL: tuple[Analyzer, ...] = (
+    maturity.AlphaAnalyzer(),
+    sidecar.DefaultSelectorAnalyzer(),
+)
+
+BY_NAME: Mapping[str, Analyzer] = {analyzer.name: analyzer for analyzer in (*ALL, *OPTIONAL)}

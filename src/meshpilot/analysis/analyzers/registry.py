@@ -18,8 +18,13 @@ endpoints the way meshpilot's registries will publish them:
 - `meshpilot.NetworkGatewayAnalyzer`: with MeshNetworks configured, an endpoint in a network
   that has no gateway cannot be reached from other networks (MP0005).
 
-The same checks will run against live registries (Consul, Eureka, …) once they exist; from
-files these are the registries there are.
+Live (in the server, or `meshpilot analyze --use-kube=true`) the external registries' services
+(`ctx.registries`: Consul, Eureka, Nacos, ZooKeeper, etcd) take part in every check: a
+ServiceEntry or Kubernetes Service colliding with one, two registries disagreeing on a port's
+protocol, a registry service whose endpoints are all unhealthy, a subset matching none of the
+endpoints any registry publishes for the host (the server merges endpoints of one host from
+every registry), an endpoint in a network without gateway. Findings about a registry service
+are reported on a `RegistryService namespace/host` pseudo-resource, which has no file.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from meshpilot.analysis.analyzers.service import port_protocol
 from meshpilot.analysis.analyzers.services import ServiceIndex
 from meshpilot.analysis.context import Context
 from meshpilot.analysis.messages import message_type
+from meshpilot.analysis.registries import REGISTRY_SERVICE, RegistryService
 from meshpilot.analysis.resource import (
     DESTINATION_RULE,
     SERVICE,
@@ -115,6 +121,23 @@ def _by_name(port: Mapping[str, Any]) -> str:
     return port_protocol({"name": port.get("name")}).upper()
 
 
+def _external_ports(service: RegistryService) -> dict[int, str]:
+    return {p.number: p.protocol.upper() for p in service.ports}
+
+
+def _mismatches(ours: dict[int, str], theirs: dict[int, str]) -> Iterator[tuple[int, str, str]]:
+    for port_number, protocol in sorted(ours.items()):
+        other = theirs.get(port_number)
+        if other and protocol and other != protocol:
+            yield port_number, protocol, other
+
+
+def externals_for(ctx: Context, namespace: str, host: str) -> list[RegistryService]:
+    """External registry services of a host as written in `namespace` (short names qualified)."""
+    name = fqdn(namespace, host)
+    return [s for s in ctx.registries if s.hostname == name]
+
+
 class RegistryProtocolAnalyzer:
     name = "meshpilot.RegistryProtocolAnalyzer"
     description = (
@@ -139,6 +162,36 @@ class RegistryProtocolAnalyzer:
                         ctx.report(entry, PROTOCOL_CONFLICT, host, port_number,
                                    f"{protocol} (ServiceEntry {entry.full_name}), {other} "
                                    f"(Service {service.full_name})", field="spec.ports")
+        self._externals(ctx, services)
+
+    @staticmethod
+    def _externals(ctx: Context, services: dict[str, Resource]) -> None:
+        for entry in ctx.for_each(SERVICE_ENTRY):
+            ours = dict(_entry_ports(entry))
+            for host in strings(entry.spec.get("hosts")):
+                for external in externals_for(ctx, entry.namespace, host):
+                    for port, protocol, other in _mismatches(ours, _external_ports(external)):
+                        ctx.report(entry, PROTOCOL_CONFLICT, host, port,
+                                   f"{protocol} (ServiceEntry {entry.full_name}), {other} "
+                                   f"({external.label})", field="spec.ports")
+        seen: list[RegistryService] = []
+        for external in ctx.registries:
+            theirs = _external_ports(external)
+            service = services.get(external.hostname)
+            if service is not None:
+                ours = {number(p.get("port")) or 0: port_protocol(p).upper()
+                        for _, p in mappings(service.spec.get("ports"))}
+                for port, protocol, other in _mismatches(ours, theirs):
+                    ctx.report(service, PROTOCOL_CONFLICT, external.hostname, port,
+                               f"{protocol} (Service {service.full_name}), {other} "
+                               f"({external.label})", field="spec.ports")
+            for earlier in seen:
+                if earlier.hostname != external.hostname or earlier.registry == external.registry:
+                    continue
+                for port, protocol, other in _mismatches(_external_ports(earlier), theirs):
+                    ctx.report(external.resource(), PROTOCOL_CONFLICT, external.hostname, port,
+                               f"{protocol} ({earlier.label}), {other} ({external.label})")
+            seen.append(external)
 
 
 class ServiceEntryCollisionAnalyzer:
@@ -155,6 +208,10 @@ class ServiceEntryCollisionAnalyzer:
                     ctx.report(entry, SHADOWS_SERVICE, host,
                                f"Kubernetes Service {service.full_name}",
                                field=f"spec.hosts[{index}]")
+                for external in externals_for(ctx, entry.namespace, host):
+                    ctx.report(entry, SHADOWS_SERVICE, host,
+                               f"the {external.registry} registry ({external.label})",
+                               field=f"spec.hosts[{index}]")
 
 
 class UnhealthyEndpointsAnalyzer:
@@ -169,6 +226,11 @@ class UnhealthyEndpointsAnalyzer:
                 for host in strings(entry.spec.get("hosts")):
                     ctx.report(entry, NO_HEALTHY_ENDPOINTS, len(endpoints), host,
                                field="spec.workloadSelector")
+        for external in ctx.registries:
+            addresses = {(e.address, e.port) for e in external.endpoints}
+            if addresses and not any(e.healthy for e in external.endpoints):
+                ctx.report(external.resource(), NO_HEALTHY_ENDPOINTS, len(addresses),
+                           external.hostname)
 
 
 class SubsetEndpointsAnalyzer:
@@ -181,15 +243,27 @@ class SubsetEndpointsAnalyzer:
         for rule in ctx.for_each(DESTINATION_RULE):
             host = text(rule.spec.get("host"))
             known = index.lookup(rule.namespace, host, strings(rule.spec.get("exportTo")))
-            if known is None or known.source.collection != SERVICE_ENTRY:
+            if known is None:
                 continue
-            entry = known.source
-            if entry.spec.get("workloadSelector") is None and not entry.spec.get("endpoints"):
-                continue  # DNS resolution of the host itself: nothing to subset
-            endpoints = list(entry_endpoints(ctx, entry))
+            source = known.source
+            if source.collection == SERVICE_ENTRY:
+                if source.spec.get("workloadSelector") is None \
+                        and not source.spec.get("endpoints"):
+                    continue  # DNS resolution of the host itself: nothing to subset
+                labels_found = [e.labels for e in entry_endpoints(ctx, source)]
+            elif source.collection != REGISTRY_SERVICE:
+                continue  # Kubernetes Services: destinationrule.SubsetSelectPodAnalyzer's
+            else:
+                labels_found = []
+            # The server merges the endpoints every registry publishes for one host.
+            labels_found.extend(
+                e.labels for s in ctx.registries
+                if s.hostname == fqdn(rule.namespace, host) and s.namespace == source.namespace
+                for e in s.endpoints
+            )
             for subset_index, subset in mappings(rule.spec.get("subsets")):
                 labels = string_map(subset.get("labels"))
-                if not any(selector_matches(labels, e.labels) for e in endpoints):
+                if not any(selector_matches(labels, found) for found in labels_found):
                     ctx.report(rule, SUBSET_WITHOUT_ENDPOINTS, text(subset.get("name")), host,
                                field=f"spec.subsets[{subset_index}]")
 
@@ -214,3 +288,9 @@ class NetworkGatewayAnalyzer:
             if endpoint.network and endpoint.network not in with_gateway:
                 ctx.report(endpoint.source, NETWORK_WITHOUT_GATEWAY, endpoint.name,
                            endpoint.network, field=f"{endpoint.field}.network")
+        for external in ctx.registries:
+            for address, port, network in sorted({(e.address, e.port, e.network)
+                                                  for e in external.endpoints}):
+                if network and network not in with_gateway:
+                    ctx.report(external.resource(), NETWORK_WITHOUT_GATEWAY,
+                               f"{address}:{port}", network)

@@ -1,9 +1,18 @@
 """`schema.ValidationAnalyzer.<Kind>`: Istio's validation of each resource, as messages.
 
-Istio runs its admission validation during analysis, one analyzer per kind. Here the four
-networking kinds that meshpilot validates (`meshpilot.config.validation`) are checked: each
-problem becomes IST0106 at the line of its field. For VirtualServices, Istio's validation
-also warns about rules that can never match; those warnings are reproduced:
+Istio runs its admission validation during analysis, one analyzer per kind. Here the
+networking kinds that meshpilot validates (`meshpilot.config.validation`: ServiceEntry,
+WorkloadEntry, VirtualService, DestinationRule, Gateway, Sidecar) are checked: each problem
+becomes IST0106 at the line of its field.
+
+Regular expressions are judged by RE2 itself (the `google-re2` binding), the engine Envoy
+matches with and whose syntax Istio's validation enforces: a pattern RE2 rejects (`\\Z`,
+lookaround, backreferences, …) is IST0106 at its line, and a pattern RE2 accepts is never
+reported, whatever Python's `re` would say of it. The config store admits some patterns that
+RE2 refuses (Envoy then rejects the route); this is where a running server says so.
+
+For VirtualServices, Istio's validation also warns about rules that can never match; those
+warnings are reproduced:
 
 - a rule whose every match already appeared (ignoring `name`) in an earlier rule, or a rule
   without matches after another rule without matches, is unreachable (IST0130);
@@ -15,15 +24,19 @@ also warns about rules that can never match; those warnings are reproduced:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+import re2
 
 from meshpilot.analysis.analyzers.common import mapping, mappings, text
 from meshpilot.analysis.context import Context
 from meshpilot.analysis.messages import message_type
 from meshpilot.analysis.resource import (
     DESTINATION_RULE,
+    GATEWAY,
     SERVICE_ENTRY,
+    SIDECAR,
     VIRTUAL_SERVICE,
     WORKLOAD_ENTRY,
     Collection,
@@ -48,13 +61,64 @@ class ValidationAnalyzer:
 
     def analyze(self, ctx: Context) -> None:
         for resource in ctx.for_each(self.collection):
+            regexes = dict(regex_fields(resource)) if self.collection == VIRTUAL_SERVICE else {}
             for problem in validate_spec(resource.kind, resource.spec):
+                if problem.field in regexes:
+                    continue  # RE2 decides below
                 ctx.report(resource, SCHEMA_ERROR, problem.message, field=problem.field)
+            for path, pattern in regexes.items():
+                error = re2_error(pattern)
+                if error is not None:
+                    ctx.report(resource, SCHEMA_ERROR,
+                               f"{path}: invalid regex `{pattern}`: {error}; Istio uses RE2 "
+                               "style regex-based match (https://github.com/google/re2/wiki/"
+                               "Syntax)", field=path)
             if self.collection == VIRTUAL_SERVICE:
                 check_unreachable_rules(ctx, resource)
 
 
-VALIDATED = (VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY, WORKLOAD_ENTRY)
+VALIDATED = (VIRTUAL_SERVICE, DESTINATION_RULE, SERVICE_ENTRY, WORKLOAD_ENTRY, GATEWAY, SIDECAR)
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2 would also print every rejected pattern to stderr
+
+
+def re2_error(pattern: str) -> str | None:
+    """RE2's reason for rejecting a pattern, or None when it compiles."""
+    if not pattern:
+        return "regex must not be empty"
+    try:
+        re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as error:
+        reason = error.args[0] if error.args else error
+        return reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+    return None
+
+
+def regex_fields(vs: Resource) -> Iterator[tuple[str, str]]:
+    """(field path, pattern) of every regular expression in a VirtualService."""
+    for index, route in mappings(vs.spec.get("http")):
+        base = f"spec.http[{index}]"
+        for match_index, match in mappings(route.get("match")):
+            where = f"{base}.match[{match_index}]"
+            for name in ("uri", "scheme", "method", "authority"):
+                yield from _string_match_regex(match.get(name), f"{where}.{name}")
+            for name in ("headers", "queryParams", "withoutHeaders"):
+                for key, value in mapping(match.get(name)).items():
+                    yield from _string_match_regex(value, f"{where}.{name}.{key}")
+        cors = mapping(route.get("corsPolicy"))
+        for origin_index, origin in mappings(cors.get("allowOrigins")):
+            yield from _string_match_regex(origin, f"{base}.corsPolicy.allowOrigins"
+                                                   f"[{origin_index}]")
+        rewrite = mapping(mapping(route.get("rewrite")).get("uriRegexRewrite"))
+        if isinstance(rewrite.get("match"), str):
+            yield f"{base}.rewrite.uriRegexRewrite.match", rewrite["match"]
+
+
+def _string_match_regex(value: object, path: str) -> Iterator[tuple[str, str]]:
+    pattern = mapping(value).get("regex")
+    if isinstance(pattern, str):
+        yield f"{path}.regex", pattern
 
 
 def check_unreachable_rules(ctx: Context, vs: Resource) -> None:

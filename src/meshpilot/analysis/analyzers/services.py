@@ -5,6 +5,10 @@ ServiceEntry host under the namespaces its `exportTo` reaches (`*` for all), and
 Kubernetes Service as `name.namespace.svc.cluster.local` under the namespaces of its
 `networking.istio.io/exportTo` annotation. A lookup from a namespace tries the all-namespaces
 scope, then the namespace's own (or the referrer's `exportTo` scopes), then wildcard hosts.
+
+In live analysis the services of a running server's external registries (Consul, Eureka, …)
+are known too, under their own `exportTo` (everywhere by default), so a route to a registry
+service resolves; config and Kubernetes Services take precedence for the same scoped host.
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ class ServiceIndex:
             annotation = service.annotations.get(EXPORT_TO_ANNOTATION, "")
             for scope in _annotation_scopes(annotation, service.namespace):
                 self._scoped[(scope, host)] = known
+        for external in ctx.registries:
+            known = KnownService(external.resource(), tuple(
+                ServicePort(p.number, p.name, p.protocol) for p in external.ports))
+            scopes = export_scopes(list(external.export_to), external.namespace)
+            for scope in scopes:
+                self._scoped.setdefault((scope, external.hostname), known)
 
     def lookup(
         self, namespace: str, host: str, export_to: Sequence[str] = ()
