@@ -15,8 +15,11 @@ import grpc
 from aiohttp import web
 
 from meshpilot.analysis.server import ServerAnalysis
+from meshpilot.config.composite import CompositeStore
 from meshpilot.config.filestore import FileConfigStore
+from meshpilot.config.mcp_source import McpConfigStore
 from meshpilot.config.secrets import SecretStore
+from meshpilot.config.store import ConfigStore
 from meshpilot.debug.controlz import start_controlz
 from meshpilot.debug.http import start_debug_server
 from meshpilot.registry.aggregate import AggregateRegistry
@@ -43,7 +46,9 @@ class Running:
 
 
 def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
-    store = FileConfigStore(list(settings.config_dirs))
+    files = FileConfigStore(list(settings.config_dirs))
+    mcp = [McpConfigStore(url.removeprefix("xds://")) for url in settings.config_sources]
+    store: ConfigStore = CompositeStore([files, *mcp]) if mcp else files
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
     discovery.autoregistration = AutoRegistration(store)

@@ -25,6 +25,8 @@ class DiscoverySettings:
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
     secrets_dir: Path | None = None
     """Directory of Gateway TLS credentials named by `credentialName` (see config/secrets.py)."""
+    config_sources: tuple[str, ...] = ()
+    """MCP-over-xDS servers to read config from (`xds://HOST:PORT`), beside the files."""
     registries: tuple[str, ...] = ()
     """Third-party registry URLs (`consul://…`, `etcd://…`), adapters found by scheme."""
     cluster_id: str = "Kubernetes"

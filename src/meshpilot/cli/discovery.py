@@ -15,6 +15,14 @@ from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DebounceSettings
 
 
+def _check_source(value: str) -> str:
+    if not value.startswith("xds://"):
+        raise typer.BadParameter(f"expected xds://HOST:PORT, got {value!r}",
+                                 param_hint="--config-source")
+    _check_address(value.removeprefix("xds://"))
+    return value
+
+
 def _check_address(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -59,6 +67,15 @@ def discovery(
             readable=True,
         ),
     ] = None,
+    config_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config-source",
+            metavar="xds://HOST:PORT",
+            help="An MCP-over-xDS server to read ServiceEntries and WorkloadEntries from "
+            "(repeatable), e.g. `meshpilot registry-sync --to mcp:…`.",
+        ),
+    ] = None,
     registry: Annotated[
         list[str] | None,
         typer.Option(
@@ -91,6 +108,7 @@ def discovery(
         debounce=DebounceSettings(quiet=debounce_after, max_delay=debounce_max),
         secrets_dir=secrets_dir,
         registries=tuple(registry or ()),
+        config_sources=tuple(_check_source(s) for s in config_source or ()),
         analysis=analysis,
     )
     try:

@@ -21,6 +21,7 @@ from meshpilot.cli import (
     proxy,
     proxy_config,
     proxy_status,
+    registry_sync,
 )
 
 app = typer.Typer(
@@ -59,6 +60,7 @@ describe.register(app)
 dashboard.register(app)
 admin.register(app)
 grpc_bootstrap.register(app)
+registry_sync.register(app)
 
 if __name__ == "__main__":
     app()

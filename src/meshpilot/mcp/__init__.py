@@ -1,0 +1,1 @@
+"""Istio's Mesh Configuration Protocol over xDS: config resources as xDS resources."""

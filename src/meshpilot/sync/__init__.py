@@ -1,0 +1,1 @@
+"""`meshpilot registry-sync`: third-party registries written out as Istio config."""
