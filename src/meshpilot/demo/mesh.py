@@ -159,6 +159,13 @@ class Mesh:
     def _meshpilot(self) -> list[str]:
         return [sys.executable, "-m", "meshpilot.cli.main"]
 
+    def start_meshpilot(self, name: str, args: list[str]) -> None:
+        """Any other `meshpilot` command as a process of this mesh (e.g. registry-sync)."""
+        self._spawn(name, [*self._meshpilot(), *args])
+
+    def stop_process(self, name: str) -> int | None:
+        return self._stop(name)
+
     def start_discovery(self, extra: list[str] | None = None) -> None:
         self._spawn(
             "discovery",

@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+HOSTLESS_SCHEMES = frozenset({"file"})
+"""Schemes whose URL names a path, not a server (`file:///etc/mesh/instances.yaml`)."""
+
 
 class RegistryUrlError(ValueError):
     """A registry URL that cannot be used, with the reason."""
@@ -33,6 +36,8 @@ class RegistryUrl:
     @property
     def name(self) -> str:
         """A short identity for logs, metrics and debug pages: `scheme@host:port`."""
+        if not self.hosts:
+            return self.params.get("name") or f"{self.scheme}:{self.path}"
         host, port = self.hosts[0]
         return self.params.get("name") or f"{self.scheme}@{host}:{port}"
 
@@ -75,7 +80,7 @@ def parse_registry_url(text: str, default_ports: Mapping[str, int] | None = None
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise RegistryUrlError(f"{text!r}: {item!r} has no valid port")
         hosts.append((host.strip("[]"), int(port)))
-    if not hosts:
+    if not hosts and scheme not in HOSTLESS_SCHEMES:
         raise RegistryUrlError(f"{text!r}: no host given")
     return RegistryUrl(
         scheme=scheme,
