@@ -33,6 +33,10 @@ def inst(service: str, address: str, port: int = 8080, **kw: object) -> Instance
                     metadata={"version": "v1"}, **kw)  # type: ignore[arg-type]
 
 
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
 def test_inline_endpoints() -> None:
     groups = to_groups(registry(inst("orders", "10.0.0.1"), inst("orders", "10.0.0.2", 9090)),
                        "dict")
@@ -72,8 +76,7 @@ async def test_directory_target_writes_atomically_and_only_its_own(tmp_path: Pat
     ]
     assert await target.apply(fewer) == {"created": 0, "updated": 1, "deleted": 1,
                                          "unchanged": 0}
-    assert (tmp_path / "mine-not.yaml").exists()
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert leftovers(tmp_path) == ["mine-not.yaml", "shop.orders.shop.dict.yaml"]
 
 
 async def test_directory_output_is_valid_discovery_input(tmp_path: Path) -> None:

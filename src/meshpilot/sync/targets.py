@@ -6,6 +6,7 @@ match it, touching only what changed and only what the sync owns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -68,6 +69,10 @@ class DirectoryTarget:
         return header + body
 
     async def apply(self, groups: Groups) -> dict[str, int]:
+        # Small files, but still disk I/O: keep it off the event loop.
+        return await asyncio.to_thread(self._apply, groups)
+
+    def _apply(self, groups: Groups) -> dict[str, int]:
         self.directory.mkdir(parents=True, exist_ok=True)
         counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
         wanted: dict[Path, str] = {
