@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpilot.envoy.scope import destination_rule_for, virtual_service_for
 from meshpilot.envoy.targets import service_targets
 from meshpilot.model import Config, Endpoint, NodeType, Port, Protocol, Proxy, Service
 from meshpilot.model.hosts import host_matches, resolve_short_name
@@ -217,7 +218,8 @@ def _service_section(
         lines.append(f"   Endpoints: {', '.join(listed) if listed else '(none)'}")
     data: dict[str, Any] = {"host": svc.hostname, "ports": ports}
 
-    dr = snapshot.destination_rule_for(svc.hostname)
+    # The rules clients in the service's own namespace get, by the translation's own lookup.
+    dr = destination_rule_for(snapshot, svc.hostname, svc.namespace)
     subsets = list((dr.spec.get("subsets") or ()) if dr else ())
     defined = {str(s.get("name")) for s in subsets}
     if dr is not None:
@@ -258,7 +260,7 @@ def _service_section(
     else:
         lines.append("   (no DestinationRule)")
 
-    vs = snapshot.virtual_service_for(svc.hostname)
+    vs = virtual_service_for(snapshot, svc.hostname, svc.namespace)
     if vs is not None:
 
         def reaches(subset: str) -> bool:

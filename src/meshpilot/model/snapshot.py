@@ -17,8 +17,7 @@ from typing import Any
 
 from meshpilot.model.config import Config, Kind
 from meshpilot.model.credential import Credential
-from meshpilot.model.gateways import MESH, applies_to
-from meshpilot.model.hosts import host_matches, resolve_short_name
+from meshpilot.model.security import MeshSecurity
 from meshpilot.model.service import Endpoint, Service
 
 EndpointKey = tuple[str, int]
@@ -38,6 +37,11 @@ class Snapshot:
     sidecars: tuple[Config, ...] = ()
     secrets: Mapping[str, Credential] = field(default_factory=dict)
     """Gateway credentials from `--secrets-dir`, keyed `name` or `namespace/name`."""
+    peer_authentications: tuple[Config, ...] = ()
+    authorization_policies: tuple[Config, ...] = ()
+    request_authentications: tuple[Config, ...] = ()
+    security: MeshSecurity | None = None
+    """Trust domain, CA and JWKS fetcher (see model/security.py); None without them."""
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -48,6 +52,7 @@ class Snapshot:
         endpoints: Iterable[Endpoint],
         configs: Iterable[Config],
         secrets: Mapping[str, Credential] | None = None,
+        security: MeshSecurity | None = None,
     ) -> Snapshot:
         by_host: dict[str, Service] = {}
         for svc in sorted(services, key=lambda s: (s.hostname, s.namespace)):
@@ -63,6 +68,14 @@ class Snapshot:
             gateways=tuple(c for c in configs if c.kind == Kind.GATEWAY),
             sidecars=tuple(c for c in configs if c.kind == Kind.SIDECAR),
             secrets=dict(secrets or {}),
+            peer_authentications=tuple(c for c in configs if c.kind == Kind.PEER_AUTHENTICATION),
+            authorization_policies=tuple(
+                c for c in configs if c.kind == Kind.AUTHORIZATION_POLICY
+            ),
+            request_authentications=tuple(
+                c for c in configs if c.kind == Kind.REQUEST_AUTHENTICATION
+            ),
+            security=security,
         )
 
     def with_endpoints(self, version: str, changed: Mapping[str, Iterable[Endpoint]]) -> Snapshot:
@@ -93,54 +106,6 @@ class Snapshot:
 
     def service_endpoints(self, hostname: str, port: int) -> tuple[Endpoint, ...]:
         return self.endpoints.get((hostname, port), ())
-
-    def virtual_service_for(self, hostname: str) -> Config | None:
-        """The VirtualService that routes `hostname` for sidecars: exact host first, then
-        wildcards; VirtualServices bound only to gateways are not considered."""
-        key = ("vs-for", hostname)
-        if key not in self.cache:
-            self.cache[key] = self._find_virtual_service(hostname)
-        found: Config | None = self.cache[key]
-        return found
-
-    def _find_virtual_service(self, hostname: str) -> Config | None:
-        wildcard: Config | None = None
-        for vs in self.virtual_services:
-            if not applies_to(vs, MESH):
-                continue  # bound to gateways only: sidecars never see it
-            for host in vs.spec.get("hosts") or ():
-                resolved = resolve_short_name(host, vs.namespace)
-                if resolved == hostname:
-                    return vs
-                if wildcard is None and host_matches(resolved, hostname):
-                    wildcard = vs
-        return wildcard
-
-    def destination_rule_for(self, hostname: str) -> Config | None:
-        """The DestinationRule for a host: exact host, then the longest wildcard.
-
-        Among rules with the same host, the one in the service's namespace wins, as in Istio.
-        """
-        key = ("dr-for", hostname)
-        if key not in self.cache:
-            self.cache[key] = self._find_destination_rule(hostname)
-        found: Config | None = self.cache[key]
-        return found
-
-    def _find_destination_rule(self, hostname: str) -> Config | None:
-        svc = self.services.get(hostname)
-        best: tuple[int, int, Config] | None = None
-        for dr in self.destination_rules:
-            host = resolve_short_name(str(dr.spec.get("host", "")), dr.namespace)
-            if not host_matches(host, hostname):
-                continue
-            rank = (
-                len(host) if host != hostname else 10_000,
-                1 if svc is not None and dr.namespace == svc.namespace else 0,
-            )
-            if best is None or rank > best[:2]:
-                best = (*rank, dr)
-        return best[2] if best else None
 
 
 def _index_endpoints(
