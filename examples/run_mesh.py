@@ -45,6 +45,10 @@ The example mesh is running (config: {mesh.config_dir}, logs: {mesh.log_dir}).
 A request with `end-user: jason` went to: {jason}
 
 Try:
+  .venv/bin/meshpilot proxy-status                   # every sidecar SYNCED?
+  .venv/bin/meshpilot proxy-config route client.default
+  .venv/bin/meshpilot describe service reviews.default.svc.cluster.local
+  .venv/bin/meshpilot analyze {mesh.config_dir}
   curl -s -H 'Host: reviews' http://{reviews}/ | python3 -m json.tool
   curl -s -H 'Host: reviews' -H 'end-user: jason' http://{reviews}/
   curl -s http://{client.outbound_bind}:27017/       # ratings-db, a TCP service
