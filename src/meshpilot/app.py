@@ -7,6 +7,7 @@ cancel the group, which stops the gRPC server (with a short grace) and the HTTP 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import signal
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ from meshpilot.config.secrets import SecretStore
 from meshpilot.config.store import ConfigStore
 from meshpilot.debug.controlz import start_controlz
 from meshpilot.debug.http import start_debug_server
+from meshpilot.model.meshconfig import load_mesh_config
 from meshpilot.registry.aggregate import AggregateRegistry
 from meshpilot.registry.autoregistration import AutoRegistration
 from meshpilot.registry.plugins import create_registry
 from meshpilot.registry.serviceentry import ServiceEntryRegistry
+from meshpilot.security.runtime import SecurityRuntime
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DiscoveryServer
 from meshpilot.xds.server import start_grpc_server
@@ -51,6 +54,13 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     store: ConfigStore = CompositeStore([files, *mcp]) if mcp else files
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
+    if settings.mesh_config is not None:
+        discovery.mesh = load_mesh_config(str(settings.mesh_config))
+    runtime = SecurityRuntime.create(
+        discovery, settings.trust_domain or discovery.mesh.trust_domain, settings.ca_dir,
+        datetime.timedelta(seconds=settings.cert_ttl),
+    )
+    discovery.security, discovery.security_runtime = runtime.security, runtime
     discovery.autoregistration = AutoRegistration(store)
     aggregate.add(ServiceEntryRegistry(
         store, discovery, cluster_id=settings.cluster_id,
@@ -119,6 +129,8 @@ async def serve(settings: DiscoverySettings) -> None:
                 group.create_task(discovery.secrets.run(), name="secrets")
             if discovery.analysis is not None:
                 group.create_task(discovery.analysis.run(), name="analysis")
+            if discovery.security_runtime is not None:
+                group.create_task(discovery.security_runtime.run(), name="security")
     except asyncio.CancelledError:
         log.info("shutting down")
     finally:

@@ -25,6 +25,15 @@ class DiscoverySettings:
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
     secrets_dir: Path | None = None
     """Directory of Gateway TLS credentials named by `credentialName` (see config/secrets.py)."""
+    mesh_config: Path | None = None
+    """Istio MeshConfig file: tracing providers, access logs, outbound policy, trust domain."""
+    ca_dir: Path | None = None
+    """The mesh CA's directory (plug-in `ca-cert.pem`/`ca-key.pem`, or a self-signed root
+    created there); None runs without workload certificates, hence without mTLS."""
+    trust_domain: str = ""
+    """SPIFFE trust domain of workload identities; '' takes MeshConfig's `trustDomain`."""
+    cert_ttl: float = 24 * 3600.0
+    """Lifetime of workload certificates in seconds; they rotate at half of it."""
     config_sources: tuple[str, ...] = ()
     """MCP-over-xDS servers to read config from (`xds://HOST:PORT`), beside the files."""
     registries: tuple[str, ...] = ()

@@ -67,6 +67,29 @@ def discovery(
             readable=True,
         ),
     ] = None,
+    mesh_config: Annotated[
+        Path | None,
+        typer.Option("--mesh-config", help="Istio MeshConfig YAML: extensionProviders, "
+                     "defaultProviders, defaultConfig.tracing, accessLogFile, "
+                     "outboundTrafficPolicy, trustDomain…", exists=True, dir_okay=False),
+    ] = None,
+    ca_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-dir",
+            help="Run the mesh CA from DIR: ca-cert.pem/ca-key.pem (plug-in, with optional "
+            "root-cert.pem, cert-chain.pem), else a self-signed root created there. Enables "
+            "workload certificates over SDS and mTLS.",
+            file_okay=False,
+        ),
+    ] = None,
+    trust_domain: Annotated[
+        str, typer.Option(help="SPIFFE trust domain (default: MeshConfig trustDomain, "
+                          "cluster.local).")
+    ] = "",
+    cert_ttl: Annotated[
+        float, typer.Option(help="Workload certificate lifetime in seconds (rotated at half).")
+    ] = 24 * 3600.0,
     config_source: Annotated[
         list[str] | None,
         typer.Option(
@@ -108,6 +131,10 @@ def discovery(
         debounce=DebounceSettings(quiet=debounce_after, max_delay=debounce_max),
         secrets_dir=secrets_dir,
         registries=tuple(registry or ()),
+        mesh_config=mesh_config,
+        ca_dir=ca_dir,
+        trust_domain=trust_domain,
+        cert_ttl=cert_ttl,
         config_sources=tuple(_check_source(s) for s in config_source or ()),
         analysis=analysis,
     )
@@ -115,6 +142,9 @@ def discovery(
         asyncio.run(serve(settings))
     except RegistryUrlError as error:
         typer.echo(f"error: --registry {error}", err=True)
+        raise typer.Exit(2) from error
+    except ValueError as error:  # e.g. an unreadable --mesh-config
+        typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
     except OSError as error:
         typer.echo(f"error: {error}", err=True)

@@ -22,6 +22,8 @@ from meshpilot.model import Config, ConfigError, ConfigKey, Kind
 
 NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+SECURITY_GROUP = "security.istio.io"
+SECURITY_VERSIONS = ("v1", "v1beta1")
 DEFAULT_NAMESPACE = "default"
 
 
@@ -43,6 +45,10 @@ SUPPORTED_KINDS: tuple[KindSpec, ...] = (
     KindSpec(NETWORKING_GROUP, Kind.GATEWAY, NETWORKING_VERSIONS),
     KindSpec(NETWORKING_GROUP, Kind.SIDECAR, NETWORKING_VERSIONS),
     KindSpec(NETWORKING_GROUP, Kind.WORKLOAD_GROUP, NETWORKING_VERSIONS),
+    KindSpec(SECURITY_GROUP, Kind.PEER_AUTHENTICATION, SECURITY_VERSIONS),
+    KindSpec(SECURITY_GROUP, Kind.AUTHORIZATION_POLICY, SECURITY_VERSIONS),
+    KindSpec(SECURITY_GROUP, Kind.REQUEST_AUTHENTICATION, SECURITY_VERSIONS),
+    KindSpec("telemetry.istio.io", Kind.TELEMETRY, ("v1", "v1alpha1")),
 )
 
 _BY_GROUP_KIND: dict[tuple[str, str], KindSpec] = {(k.group, k.kind): k for k in SUPPORTED_KINDS}

@@ -109,6 +109,12 @@ SUPPORTED: Mapping[str, Tree] = {
         "endpoints": [{"address": ALL, "ports": ALL, "labels": ALL, "network": ALL,
                        "locality": ALL, "weight": ALL, "serviceAccount": ALL}],
     },
+    Kind.TELEMETRY: {
+        "selector": ALL,
+        "tracing": [{"providers": ALL, "randomSamplingPercentage": ALL, "customTags": ALL,
+                     "disableSpanReporting": ALL}],
+        "accessLogging": [{"providers": ALL, "disabled": ALL}],
+    },
     Kind.WORKLOAD_GROUP: {
         "metadata": {"labels": ALL, "annotations": ALL},
         "template": {"ports": ALL, "labels": ALL, "network": ALL, "locality": ALL,
@@ -152,6 +158,36 @@ SUPPORTED: Mapping[str, Tree] = {
         "ingress": [{"port": ALL, "bind": ALL, "defaultEndpoint": ALL, "captureMode": ALL}],
         "egress": [{"port": ALL, "bind": ALL, "hosts": ALL, "captureMode": ALL}],
         "outboundTrafficPolicy": {"mode": ALL},
+    },
+    # security.istio.io: envoy/mtls.py, authz.py and jwt.py. `targetRef(s)` (Kubernetes
+    # Gateway API attachment) and `serviceAccounts` sources are not applied.
+    Kind.PEER_AUTHENTICATION: {
+        "selector": {"matchLabels": ALL}, "mtls": {"mode": ALL},
+        "portLevelMtls": {ANY_KEY: {"mode": ALL}},
+    },
+    Kind.AUTHORIZATION_POLICY: {
+        "selector": {"matchLabels": ALL}, "action": ALL, "provider": {"name": ALL},
+        "rules": [{
+            "from": [{"source": {
+                "principals": ALL, "notPrincipals": ALL, "requestPrincipals": ALL,
+                "notRequestPrincipals": ALL, "namespaces": ALL, "notNamespaces": ALL,
+                "ipBlocks": ALL, "notIpBlocks": ALL, "remoteIpBlocks": ALL,
+                "notRemoteIpBlocks": ALL,
+            }}],
+            "to": [{"operation": {
+                "hosts": ALL, "notHosts": ALL, "ports": ALL, "notPorts": ALL, "methods": ALL,
+                "notMethods": ALL, "paths": ALL, "notPaths": ALL,
+            }}],
+            "when": ALL,
+        }],
+    },
+    Kind.REQUEST_AUTHENTICATION: {
+        "selector": {"matchLabels": ALL},
+        "jwtRules": [{
+            "issuer": ALL, "audiences": ALL, "jwks": ALL, "jwksUri": ALL, "fromHeaders": ALL,
+            "fromParams": ALL, "fromCookies": ALL, "forwardOriginalToken": ALL,
+            "outputPayloadToHeader": ALL, "outputClaimToHeaders": ALL,
+        }],
     },
 }
 

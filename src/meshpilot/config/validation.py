@@ -51,6 +51,9 @@ DESTINATION_RULE_FIELDS = frozenset({
 })
 GATEWAY_FIELDS = frozenset({"servers", "selector"})
 WORKLOAD_GROUP_FIELDS = frozenset({"metadata", "template", "probe"})
+TELEMETRY_FIELDS = frozenset({
+    "selector", "targetRef", "targetRefs", "tracing", "metrics", "accessLogging",
+})
 SIDECAR_FIELDS = frozenset({
     "workloadSelector", "ingress", "egress", "outboundTrafficPolicy", "inboundConnectionPool",
 })
@@ -63,6 +66,7 @@ KNOWN_SPEC_FIELDS: Mapping[str, frozenset[str]] = {
     Kind.GATEWAY: GATEWAY_FIELDS,
     Kind.SIDECAR: SIDECAR_FIELDS,
     Kind.WORKLOAD_GROUP: WORKLOAD_GROUP_FIELDS,
+    Kind.TELEMETRY: TELEMETRY_FIELDS,
 }
 
 _SERVICE_PORT_FIELDS = frozenset({"number", "protocol", "name", "targetPort"})
@@ -1079,6 +1083,38 @@ def validate_sidecar(spec: Mapping[str, Any]) -> list[Problem]:
     return c.problems
 
 
+def validate_telemetry(spec: Mapping[str, Any]) -> list[Problem]:
+    """Istio's Telemetry: providers are named, sampling is a percentage, custom tags have one
+    source each."""
+    c = _Checker()
+    c.known_fields(spec, "spec", TELEMETRY_FIELDS)
+    selector = c.mapping(spec.get("selector"), "spec.selector")
+    if selector is not None:
+        _check_labels(c, selector.get("matchLabels"), "spec.selector.matchLabels", selector=True)
+    for path, tracing in c.mappings(spec.get("tracing"), "spec.tracing"):
+        for provider_path, provider in c.mappings(tracing.get("providers"),
+                                                  field_path(path, "providers")):
+            if not c.string(provider.get("name"), field_path(provider_path, "name")):
+                c.add(field_path(provider_path, "name"), "provider name is required")
+        sampling = tracing.get("randomSamplingPercentage")
+        if sampling is not None and (not isinstance(sampling, int | float)
+                                     or isinstance(sampling, bool) or not 0 <= sampling <= 100):
+            c.add(field_path(path, "randomSamplingPercentage"),
+                  "randomSamplingPercentage must be a number from 0 to 100")
+        tags = c.mapping(tracing.get("customTags"), field_path(path, "customTags")) or {}
+        for tag, source in tags.items():
+            tag_path = field_path(field_path(path, "customTags"), str(tag))
+            kinds = [k for k in ("literal", "environment", "header") if k in (source or {})]
+            if len(kinds) != 1:
+                c.add(tag_path, "a custom tag needs exactly one of literal, environment, header")
+    for path, logging_ in c.mappings(spec.get("accessLogging"), "spec.accessLogging"):
+        for provider_path, provider in c.mappings(logging_.get("providers"),
+                                                  field_path(path, "providers")):
+            if not c.string(provider.get("name"), field_path(provider_path, "name")):
+                c.add(field_path(provider_path, "name"), "provider name is required")
+    return c.problems
+
+
 def validate_workload_group(spec: Mapping[str, Any]) -> list[Problem]:
     """A template for WorkloadEntries of workloads that register themselves (VMs): like a
     WorkloadEntry without an address, which each workload brings when it connects."""
@@ -1104,7 +1140,7 @@ def validate_workload_group(spec: Mapping[str, Any]) -> list[Problem]:
     return c.problems
 
 
-VALIDATORS: Mapping[str, SpecValidator] = {
+VALIDATORS: dict[str, SpecValidator] = {
     Kind.SERVICE_ENTRY: validate_service_entry,
     Kind.WORKLOAD_ENTRY: validate_workload_entry,
     Kind.VIRTUAL_SERVICE: validate_virtual_service,
@@ -1112,7 +1148,23 @@ VALIDATORS: Mapping[str, SpecValidator] = {
     Kind.GATEWAY: validate_gateway,
     Kind.SIDECAR: validate_sidecar,
     Kind.WORKLOAD_GROUP: validate_workload_group,
+    Kind.TELEMETRY: validate_telemetry,
 }
+
+
+def _security_validators() -> None:
+    """The security.istio.io kinds, validated in a module of their own (which builds on this
+    one's checker, hence registered after it is defined)."""
+    from meshpilot.config import security_validation as security
+
+    VALIDATORS.update({
+        Kind.PEER_AUTHENTICATION: security.validate_peer_authentication,
+        Kind.AUTHORIZATION_POLICY: security.validate_authorization_policy,
+        Kind.REQUEST_AUTHENTICATION: security.validate_request_authentication,
+    })
+
+
+_security_validators()
 
 
 def validate_spec(kind: str, spec: Mapping[str, Any]) -> list[Problem]:

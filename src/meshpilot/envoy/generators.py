@@ -17,7 +17,17 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
-from meshpilot.envoy import clusters, endpoints, gateway, listeners, names, proxyless, routes
+from meshpilot.envoy import (
+    clusters,
+    endpoints,
+    gateway,
+    listeners,
+    names,
+    proxyless,
+    routes,
+    sds,
+    telemetry,
+)
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.protos import pack
 from meshpilot.envoy.scope import destination_rule_for, scope_for
@@ -142,7 +152,10 @@ class ListenerGenerator:
         )
         outbound = _cached_list(
             snapshot,
-            ("lds-outbound", proxy.outbound_bind, taken, scope.key, _labels_key(snapshot, proxy)),
+            (
+                "lds-outbound", proxy.outbound_bind, taken, scope.key,
+                _labels_key(snapshot, proxy), telemetry.for_proxy(snapshot, proxy).key,
+            ),
             lambda: [
                 to_resource(lst.name, lst)
                 for lst in listeners.outbound_listeners(snapshot, proxy, set(taken), scope)
@@ -179,6 +192,31 @@ class RouteGenerator:
 
     def concerns(self, request: PushRequest) -> bool:
         return request.full
+
+
+class SecretGenerator:
+    """SDS: the proxy's workload certificate and the mesh root (envoy/sds.py), cached per
+    snapshot by identity and serial, so a rotation changes only this type's resources."""
+
+    type_url = names.SECRET
+    wildcard = False
+
+    def generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
+    ) -> list[Resource]:
+        if names is None or proxy.proxyless:
+            return []
+        return [
+            _cached(snapshot, key, partial(_built_resource, name, build))
+            for key, name, build in sds.secrets(snapshot, proxy, names)
+        ]
+
+    def concerns(self, request: PushRequest) -> bool:
+        return request.full
+
+
+def _built_resource(name: str, build: Callable[[], Message]) -> Resource:
+    return to_resource(name, build())
 
 
 def _labels_key(snapshot: Snapshot, proxy: Proxy) -> frozenset[tuple[str, str]] | None:
@@ -245,7 +283,10 @@ def _select(resources: list[Resource], names: Collection[str] | None) -> list[Re
 
 GENERATORS: dict[str, Generator] = {
     g.type_url: g
-    for g in (ClusterGenerator(), EndpointGenerator(), ListenerGenerator(), RouteGenerator())
+    for g in (
+        ClusterGenerator(), EndpointGenerator(), ListenerGenerator(), RouteGenerator(),
+        SecretGenerator(),
+    )
 }
 
 

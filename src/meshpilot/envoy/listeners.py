@@ -22,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
-from meshpilot.envoy import names, tcp_routes
+from meshpilot.envoy import authz, mtls, names, tcp_routes, telemetry
 from meshpilot.envoy import passthrough as forward
 from meshpilot.envoy.protos import ads_source, duration, pack
 from meshpilot.envoy.route_policies import CORS_FILTER, FAULT_FILTER
@@ -56,11 +56,19 @@ def inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[listener_pb2.Lis
             route.match.prefix = "/"
             route.route.cluster = cluster
             route.route.timeout.CopyFrom(duration(0))
-            manager = _http_manager(f"inbound_{inbound.port}")
+            # AuthorizationPolicy and RequestAuthentication act on the inbound side only.
+            manager = _http_manager(
+                f"inbound_{inbound.port}", first=authz.inbound_http_filters(snapshot, proxy)
+            )
+            telemetry.for_proxy(snapshot, proxy).apply(manager)  # server-side spans, logs
             manager.route_config.CopyFrom(routes)
             _add_filter(listener, HCM, manager)
         else:
+            for name, config in authz.network_filters(snapshot, proxy, inbound.port):
+                _add_filter(listener, name, config)
             _add_filter(listener, TCP_PROXY, _tcp_proxy(f"inbound_{inbound.port}", cluster))
+        # PeerAuthentication: which of plaintext and mTLS the port accepts (mtls.py).
+        mtls.apply_inbound(listener, mtls.inbound_mode(snapshot, proxy, inbound.port))
         out[(inbound.bind, inbound.port)] = listener
     return [out[k] for k in sorted(out)]
 
@@ -97,6 +105,7 @@ def outbound_listeners(
         listener = _listener(bind, number, base_pb2.OUTBOUND)
         if number in http_ports:
             manager = _http_manager(f"outbound_{number}", passthrough=passthrough)
+            telemetry.for_proxy(snapshot, proxy).apply(manager)
             manager.rds.route_config_name = str(number)
             manager.rds.config_source.CopyFrom(ads_source())
             _add_filter(listener, HCM, manager)
@@ -141,10 +150,13 @@ def http_filters(passthrough: bool = False) -> list[tuple[str, Message]]:
     return chain
 
 
-def _http_manager(stat_prefix: str, passthrough: bool = False) -> hcm_pb2.HttpConnectionManager:
+def _http_manager(
+    stat_prefix: str, passthrough: bool = False, first: list[tuple[str, Message]] | None = None
+) -> hcm_pb2.HttpConnectionManager:
+    """A connection manager; `first` are filters placed before the standard chain."""
     manager = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix)
     manager.codec_type = hcm_pb2.HttpConnectionManager.AUTO
-    for name, config in http_filters(passthrough):
+    for name, config in [*(first or ()), *http_filters(passthrough)]:
         manager.http_filters.add(name=name).typed_config.CopyFrom(pack(config))
     return manager
 

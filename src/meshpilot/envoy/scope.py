@@ -23,7 +23,7 @@ from meshpilot.model.hosts import host_matches, resolve_short_name
 from meshpilot.model.snapshot import Snapshot
 
 ROOT_NAMESPACE = "istio-system"
-"""Istio's default mesh root namespace: a Sidecar there without a selector is the default."""
+"""Istio's default root namespace; a MeshConfig `rootNamespace` replaces it (snapshot.mesh)."""
 
 ALLOW_ANY = "ALLOW_ANY"
 REGISTRY_ONLY = "REGISTRY_ONLY"
@@ -107,12 +107,15 @@ def sidecar_for(snapshot: Snapshot, proxy: Proxy) -> Config | None:
         if not _selector(sidecar):
             return sidecar
     for sidecar in snapshot.sidecars:
-        if sidecar.namespace == ROOT_NAMESPACE and not _selector(sidecar):
+        if sidecar.namespace == snapshot.mesh.root_namespace and not _selector(sidecar):
             return sidecar
     return None
 
 
-def scope_for(snapshot: Snapshot, proxy: Proxy, default_policy: str = ALLOW_ANY) -> Scope:
+def scope_for(snapshot: Snapshot, proxy: Proxy) -> Scope:
+    """The proxy's scope; without a Sidecar the outbound policy is the mesh's (ALLOW_ANY
+    unless `--mesh-config` says otherwise)."""
+    default_policy = snapshot.mesh.outbound_traffic_policy
     by_labels = snapshot.sidecars or rules_select_workloads(snapshot)
     labels = frozenset(proxy.labels.items()) if by_labels else frozenset()
     key = ("scope", proxy.namespace, labels, default_policy)
@@ -243,7 +246,7 @@ def _find_destination_rule(
             place = 3
         elif rule.namespace == service_ns:
             place = 2
-        elif rule.namespace == ROOT_NAMESPACE:
+        elif rule.namespace == snapshot.mesh.root_namespace:
             place = 1
         else:
             place = 0

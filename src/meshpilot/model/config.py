@@ -30,6 +30,10 @@ class Kind:
     GATEWAY = "Gateway"
     SIDECAR = "Sidecar"
     WORKLOAD_GROUP = "WorkloadGroup"
+    TELEMETRY = "Telemetry"
+    PEER_AUTHENTICATION = "PeerAuthentication"
+    AUTHORIZATION_POLICY = "AuthorizationPolicy"
+    REQUEST_AUTHENTICATION = "RequestAuthentication"
 
 
 class ConfigKey(NamedTuple):

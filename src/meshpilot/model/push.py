@@ -16,6 +16,8 @@ class TriggerReason(enum.StrEnum):
     SERVICE = "service"
     PROXY = "proxy"
     GLOBAL = "global"
+    SECRET = "secret"
+    """A workload certificate was (re)issued or a JWKS was fetched: SDS and policies change."""
 
 
 @dataclass(frozen=True, slots=True)

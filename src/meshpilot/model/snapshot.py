@@ -17,6 +17,7 @@ from typing import Any
 
 from meshpilot.model.config import Config, Kind
 from meshpilot.model.credential import Credential
+from meshpilot.model.meshconfig import MeshConfig
 from meshpilot.model.security import MeshSecurity
 from meshpilot.model.service import Endpoint, Service
 
@@ -42,6 +43,9 @@ class Snapshot:
     request_authentications: tuple[Config, ...] = ()
     security: MeshSecurity | None = None
     """Trust domain, CA and JWKS fetcher (see model/security.py); None without them."""
+    telemetries: tuple[Config, ...] = ()
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    """Mesh-wide settings (`--mesh-config`): tracing providers, access logs, defaults."""
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -53,6 +57,7 @@ class Snapshot:
         configs: Iterable[Config],
         secrets: Mapping[str, Credential] | None = None,
         security: MeshSecurity | None = None,
+        mesh: MeshConfig | None = None,
     ) -> Snapshot:
         by_host: dict[str, Service] = {}
         for svc in sorted(services, key=lambda s: (s.hostname, s.namespace)):
@@ -76,6 +81,8 @@ class Snapshot:
                 c for c in configs if c.kind == Kind.REQUEST_AUTHENTICATION
             ),
             security=security,
+            telemetries=tuple(c for c in configs if c.kind == Kind.TELEMETRY),
+            mesh=mesh or MeshConfig(),
         )
 
     def with_endpoints(self, version: str, changed: Mapping[str, Iterable[Endpoint]]) -> Snapshot:

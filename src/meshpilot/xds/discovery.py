@@ -22,23 +22,29 @@ from typing import TYPE_CHECKING
 from meshpilot.config.secrets import SecretStore
 from meshpilot.config.store import ConfigStore
 from meshpilot.config.support import UnsupportedFields
-from meshpilot.registry.autoregistration import AutoRegistration
 from meshpilot.debug.metrics import Metrics
 from meshpilot.envoy.generators import GENERATORS, Resource
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.targets import service_targets
 from meshpilot.model import Kind, Proxy, PushRequest, TriggerReason
+from meshpilot.model.meshconfig import MeshConfig
+from meshpilot.model.security import MeshSecurity
 from meshpilot.model.snapshot import Snapshot
+from meshpilot.registry.autoregistration import AutoRegistration
 from meshpilot.registry.base import ServiceRegistry
 from meshpilot.xds.connection import Connection
 from meshpilot.xds.debounce import debounce
 
 if TYPE_CHECKING:
     from meshpilot.analysis.server import ServerAnalysis
+    from meshpilot.security.runtime import SecurityRuntime
 
 log = logging.getLogger("meshpilot.xds")
 
-ROUTING_KINDS = (Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE, Kind.GATEWAY, Kind.SIDECAR)
+ROUTING_KINDS = (
+    Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE, Kind.GATEWAY, Kind.SIDECAR, Kind.TELEMETRY,
+    Kind.PEER_AUTHENTICATION, Kind.AUTHORIZATION_POLICY, Kind.REQUEST_AUTHENTICATION,
+)
 """Config kinds read into every snapshot (registries read ServiceEntry and WorkloadEntry)."""
 
 
@@ -70,6 +76,13 @@ class DiscoveryServer:
         self.metrics = Metrics(self)
         self.secrets: SecretStore | None = None
         """Gateway credentials (`--secrets-dir`), read into every full snapshot."""
+        self.mesh = MeshConfig()
+        """Mesh-wide settings (`--mesh-config`), carried into every snapshot."""
+        self.security: MeshSecurity | None = None
+        """Trust domain, workload certificates (`--ca-dir`) and JWKS fetching, carried into
+        every snapshot (see meshpilot.security)."""
+        self.security_runtime: SecurityRuntime | None = None
+        """What rotates certificates and fetches JWKS for `security` (app.py runs it)."""
         self.autoregistration: AutoRegistration | None = None
         """Creates WorkloadEntries for proxies that name a WorkloadGroup (see its module)."""
         self.unsupported = UnsupportedFields()
@@ -144,7 +157,10 @@ class DiscoveryServer:
         ]
         configs = [c for kind in ROUTING_KINDS for c in self.store.list(kind)]
         secrets = self.secrets.credentials if self.secrets is not None else None
-        return Snapshot.build(self._next_version(), services, endpoints, configs, secrets)
+        return Snapshot.build(
+            self._next_version(), services, endpoints, configs, secrets, mesh=self.mesh,
+            security=self.security,
+        )
 
     def _build_endpoints(self, previous: Snapshot, hosts: Collection[tuple[str, str]]) -> Snapshot:
         changed = {
