@@ -33,7 +33,11 @@ Mapping (see `mapping` for the rules shared by every registry):
 Parameters: `datacenter` (`dc=` too; default: the agent's), `token` (sent as `X-Consul-Token`;
 `tokenFile=PATH` reads it from a file, else `CONSUL_HTTP_TOKEN` from the environment), `wait`
 (default `60s`, at most `10m`), `consistency` (`default`, `stale` or `consistent`), `tls=true`
-for HTTPS, `minInterval` (seconds). A listing Consul filtered because the token may not read
+for HTTPS, `minInterval` (seconds), `maxConnections` (default 150). Each watched service holds
+one connection in a long poll; Consul allows 200 per client address by default
+(`http_max_conns_per_client`), so past `maxConnections` services the extra watchers wait for a
+free connection and may see changes up to `wait` late — raise both for larger catalogs. A
+listing Consul filtered because the token may not read
 everything (`X-Consul-Results-Filtered-By-ACLs: true`) is logged once.
 """
 
@@ -83,6 +87,7 @@ class ConsulRegistry(ExternalRegistry):
         self.datacenter = url.param("datacenter") or url.param("dc")
         self.wait = min(duration(url.param("wait", "60s")), MAX_WAIT)
         self.min_interval = url.number("minInterval", 0.1)
+        self.max_connections = int(url.number("maxConnections", 150))
         consistency = url.param("consistency", "default")
         if consistency not in ("default", "stale", "consistent"):
             raise RegistryUrlError(
@@ -101,7 +106,7 @@ class ConsulRegistry(ExternalRegistry):
 
     async def watch(self) -> None:
         headers = {"X-Consul-Token": self._token} if self._token else {}
-        async with HttpApi(self.url, headers) as api:
+        async with HttpApi(self.url, headers, self.max_connections) as api:
             names, index = await self._services(api, 0)
             semaphore = asyncio.Semaphore(CONCURRENCY)
 

@@ -48,8 +48,11 @@ class HttpError(RegistryError):
 class HttpApi:
     """An aiohttp session over the URL's servers; use as `async with HttpApi(url) as api`."""
 
-    def __init__(self, url: RegistryUrl, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, url: RegistryUrl, headers: Mapping[str, str] | None = None, connections: int = 100
+    ) -> None:
         self.url = url
+        self._connections = connections
         self._scheme = "https" if url.flag("tls") else "http"
         self._headers = dict(headers or {})
         self._current = 0
@@ -57,7 +60,8 @@ class HttpApi:
 
     async def __aenter__(self) -> HttpApi:
         # No connection reuse across watch() attempts: a restarted server gets fresh sockets.
-        self._session = aiohttp.ClientSession(headers=self._headers)
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, connector=aiohttp.TCPConnector(limit=self._connections))
         return self
 
     async def __aexit__(

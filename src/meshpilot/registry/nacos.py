@@ -27,7 +27,8 @@ services of the same name in two groups collide), `pollInterval` (seconds), `clu
 (comma-separated cluster names to read; default all), `clusterAs` (`label`, the default, or
 `zone` or `region`: where the cluster name goes besides the `nacos.cluster` label),
 `ephemeral` (`true` or `false` to read only ephemeral or only persistent instances; default
-both), `contextPath` (default `/nacos`), `accessToken` (sent as Nacos's `accessToken`).
+both), `contextPath` (default `/nacos`), `accessToken` (sent as Nacos's `accessToken`),
+`pageSize` (services per listing page, default and at most 500).
 
 Mapping:
 
@@ -38,7 +39,8 @@ Mapping:
 - weights: Nacos weights are decimals (default 1.0). Within a service they are multiplied by
   the smallest of 1, 10 or 100 that makes them all whole numbers, then rounded (at least 1):
   whole weights stay as they are — the same scale as every other registry and ServiceEntry —
-  and fractional ones keep their ratios to two decimals (0.5 and 1.0 become 50 and 100).
+  and fractional ones keep their ratios to two decimals (0.5 and 1.0 become 5 and 10,
+  0.25 and 1.0 become 25 and 100).
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class NacosRegistry(ExternalRegistry):
         self.ephemeral: bool | None = None if not ephemeral else url.flag("ephemeral")
         self.context = "/" + url.param("contextPath", "/nacos").strip("/")
         self._token = url.param("accessToken")
+        self.page_size = int(url.number("pageSize", PAGE_SIZE))
+        if not 0 < self.page_size <= PAGE_SIZE:
+            raise RegistryUrlError(f"{url.text}: pageSize must be 1 to {PAGE_SIZE}")
         self.polls = 0
 
     def status(self) -> dict[str, Any]:
@@ -138,10 +143,11 @@ class NacosRegistry(ExternalRegistry):
             if self.api == "v3":
                 path = f"{self.context}/v3/admin/ns/service/list"
                 params = self._params(groupNameParam=group, pageNo=str(page),
-                                      pageSize=str(PAGE_SIZE))
+                                      pageSize=str(self.page_size))
             else:
                 path = f"{self.context}/{self.api}/ns/service/list"
-                params = self._params(groupName=group, pageNo=str(page), pageSize=str(PAGE_SIZE))
+                params = self._params(groupName=group, pageNo=str(page),
+                                      pageSize=str(self.page_size))
             body = self._data(await api.get(path, params), path)
             data = as_dict(body, path)
             if self.api == "v3":
@@ -156,7 +162,7 @@ class NacosRegistry(ExternalRegistry):
                 total = int(data.get("count") or 0)
                 batch = len(found)
             names.extend(found)
-            if batch < PAGE_SIZE or page * PAGE_SIZE >= total:
+            if batch < self.page_size or page * self.page_size >= total:
                 return names
             page += 1
 
