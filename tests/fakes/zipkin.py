@@ -3,8 +3,9 @@
     python -m tests.fakes.zipkin --listen 127.0.0.1:9411
 
 Reproduces: `POST /api/v2/spans` with a JSON list of spans (`application/json`, as
-Envoy's Zipkin tracer sends with `HTTP_JSON`, chunked or not), answered `202 Accepted`; `GET /api/v2/spans` here
-returns every span received so far (Zipkin's real GET takes a service name; tests want all).
+Envoy's Zipkin tracer sends with `HTTP_JSON`, chunked or not), answered `202 Accepted`;
+`GET /api/v2/spans` here returns every span received so far (Zipkin's real GET takes a
+service name; tests want all).
 Zipkin itself is a Java server that cannot be installed on these machines.
 """
 
