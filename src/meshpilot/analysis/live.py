@@ -47,6 +47,8 @@ DEFAULT_NAMESPACE = "default"
 class ServerInputs:
     resources: list[Resource] = field(default_factory=list)
     registries: list[RegistryService] = field(default_factory=list)
+    mesh: MeshConfig | None = None
+    """The mesh config the server runs with (None from a server that does not say)."""
 
 
 def resource_from_config(config: Config) -> Resource:
@@ -82,13 +84,17 @@ def capture(configs: Iterable[Config], registry: Any) -> ServerInputs:
     mutated there), then analyze anywhere: everything captured is immutable."""
     return ServerInputs(
         [resource_from_config(c) for c in sorted(configs, key=lambda c: c.key)],
-        read_registries(registry),
+        read_registries(registry, config_derived=False),
     )
 
 
-def server_inputs(configs: Iterable[Config], registry: Any) -> dict[str, Any]:
-    """The `/debug/analysis_inputs` topic: resources with origin and field lines, registries."""
-    captured = capture(configs, registry)
+def server_inputs(
+    configs: Iterable[Config], registry: Any, mesh: MeshConfig | None = None
+) -> dict[str, Any]:
+    """The `/debug/analysis_inputs` topic: resources with origin and field lines, registries,
+    and the server's mesh config (so live analysis judges with the server's settings)."""
+    # Every registry service, config-derived ones too: the topic shows all the server knows.
+    resources = [resource_from_config(c) for c in sorted(configs, key=lambda c: c.key)]
     return {
         "resources": [
             {
@@ -97,9 +103,11 @@ def server_inputs(configs: Iterable[Config], registry: Any) -> dict[str, Any]:
                 "line": r.line,
                 "fieldLines": dict(r.field_lines),
             }
-            for r in captured.resources
+            for r in resources
         ],
-        "registries": [to_json(s) for s in captured.registries],
+        "registries": [to_json(s) for s in read_registries(registry)],
+        "meshConfig": dict(mesh.data) if mesh is not None else None,
+        "meshNetworks": {"networks": dict(mesh.networks)} if mesh is not None else None,
     }
 
 
@@ -121,6 +129,9 @@ def parse_server_inputs(data: Any) -> ServerInputs:
         if resource is not None:
             out.resources.append(resource)
     out.registries = [from_json(s) for s in data.get("registries") or ()]
+    mesh, networks = data.get("meshConfig"), data.get("meshNetworks")
+    if isinstance(mesh, Mapping):
+        out.mesh = MeshConfig.from_user(mesh, networks if isinstance(networks, Mapping) else None)
     return out
 
 
@@ -176,11 +187,13 @@ def analyze_live(
     """`meshpilot analyze --use-kube=true FILES`: the server's state with the files on top.
 
     Files' objects without a namespace take the selected one, else `default` as the server
-    does, so they replace the server's resource they mean to replace.
+    does, so they replace the server's resource they mean to replace. Without a `mesh` of the
+    caller's, the server's own mesh config is used.
     """
     loaded = load_paths(paths, default_namespace=namespace or DEFAULT_NAMESPACE,
                         recursive=recursive)
     messages = analyze_inputs(inputs, loaded.resources, namespace=namespace,
-                              analyzers=analyzers, mesh=mesh, suppressions=suppressions)
+                              analyzers=analyzers, mesh=mesh or inputs.mesh,
+                              suppressions=suppressions)
     errors: list[LoadError] = loaded.errors
     return AnalysisResult(messages, errors, loaded.files)

@@ -69,7 +69,7 @@ class RegistryService:
 
     @property
     def from_config(self) -> bool:
-        return self.source.split(" ", 1)[0] in CONFIG_SOURCES
+        return is_config_source(self.source)
 
     @property
     def label(self) -> str:
@@ -84,6 +84,11 @@ class RegistryService:
             "spec": {"registry": self.registry, "source": self.source},
         }
         return Resource(REGISTRY_SERVICE, "v1", self.hostname, self.namespace, body)
+
+
+def is_config_source(source: str) -> bool:
+    """A registry service's `source` names a config resource (`ServiceEntry ns/name`)."""
+    return source.split(" ", 1)[0] in CONFIG_SOURCES
 
 
 def external_services(services: Iterable[RegistryService]) -> tuple[RegistryService, ...]:
@@ -104,8 +109,10 @@ class _Registry(Protocol):
     def endpoints(self, hostname: str, namespace: str) -> list[Any]: ...
 
 
-def read_registries(registry: _Registry) -> list[RegistryService]:
-    """Every service of every registry, per registry (an aggregate is opened up, not merged).
+def read_registries(registry: _Registry, *, config_derived: bool = True) -> list[RegistryService]:
+    """Every service of every registry, per registry (an aggregate is opened up, not merged);
+    without the ones derived from config when `config_derived` is False (analysis rebuilds
+    those from the resources, so reading their endpoints would be wasted work).
 
     Must run on the event loop thread: registries are mutated there.
     """
@@ -113,6 +120,8 @@ def read_registries(registry: _Registry) -> list[RegistryService]:
     out: list[RegistryService] = []
     for member in members:
         for service in member.services():
+            if not config_derived and is_config_source(service.source):
+                continue
             endpoints = member.endpoints(service.hostname, service.namespace)
             out.append(RegistryService(
                 registry=str(getattr(service, "registry", "") or member.provider),

@@ -77,7 +77,8 @@ class ServerAnalysis:
     ) -> None:
         self.server = server
         self.analyzers = tuple(analyzers)
-        self.mesh = mesh or MeshConfig()
+        self.mesh = mesh
+        """None: the server's own mesh config (`--mesh-config`), read at every analysis."""
         self.quiet = quiet
         self.max_delay = max_delay
         self.report: Report | None = None
@@ -121,7 +122,7 @@ class ServerAnalysis:
         inputs = capture(self.server.store.all(), self.server.registry)
         start = time.monotonic()
         messages = await asyncio.to_thread(
-            analyze_inputs, inputs, analyzers=self.analyzers, mesh=self.mesh)
+            analyze_inputs, inputs, analyzers=self.analyzers, mesh=self._mesh())
         seconds = time.monotonic() - start
         by_resource: dict[str, list[Message]] = {}
         for message in messages:
@@ -136,6 +137,14 @@ class ServerAnalysis:
             self.runs += 1
             self._done.notify_all()
         return report
+
+    def _mesh(self) -> MeshConfig:
+        if self.mesh is not None:
+            return self.mesh
+        # Judge config against the mesh config the server serves with (extension providers,
+        # ingress mode, …); a server without one uses Istio's defaults.
+        served = getattr(self.server, "mesh", None)
+        return served if isinstance(served, MeshConfig) else MeshConfig()
 
     async def wait_for_run(self, count: int) -> Report:
         """Wait until at least `count` analyses have completed (for tests and tools)."""

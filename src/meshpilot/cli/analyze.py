@@ -182,6 +182,8 @@ def analyze(
                                  param_hint="PATHS")
     chosen = _select_analyzers(analyzer or [])
     mesh = _mesh_config(mesh_config_file, mesh_networks_file)
+    # Live, the server's mesh config applies unless the caller brings one.
+    own_mesh = mesh if mesh_config_file or mesh_networks_file else None
     if live:
         try:
             inputs = parse_server_inputs(
@@ -190,7 +192,7 @@ def analyze(
             typer.echo(f"Error: {error}", err=True)
             raise typer.Exit(1) from error
         result = analyze_live(inputs, paths or [], namespace=selected, analyzers=chosen,
-                              mesh=mesh, suppressions=suppressions, recursive=recursive)
+                              mesh=own_mesh, suppressions=suppressions, recursive=recursive)
     else:
         result = analyze_paths(paths or [], namespace=selected, analyzers=chosen, mesh=mesh,
                                suppressions=suppressions, recursive=recursive)

@@ -13,7 +13,8 @@
   meshpilot's workloads are mostly not pods: a subset that selects the endpoints the
   ServiceEntry registry publishes (the entry's inline endpoints, or WorkloadEntries of its
   namespace) selects something too, so it is not reported. Istio checks pods only, which
-  would flag every VM-only subset; inputs without WorkloadEntries get Istio's answers.
+  would flag every VM-only subset; inputs without WorkloadEntries get Istio's answers. In
+  live analysis a host of an external registry is judged by the labels of its endpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from meshpilot.analysis.analyzers.common import (
 from meshpilot.analysis.analyzers.services import ServiceIndex
 from meshpilot.analysis.context import Context
 from meshpilot.analysis.messages import message_type
+from meshpilot.analysis.registries import REGISTRY_SERVICE
 from meshpilot.analysis.resource import (
     DESTINATION_RULE,
     NODE,
@@ -114,6 +116,13 @@ class SubsetSelectPodAnalyzer:
                 base = string_map(mapping(service.source.spec.get("workloadSelector"))
                                   .get("labels"))
                 candidates = [*pod_labels, *registry_endpoint_labels(ctx, service.source)]
+            elif service.source.collection == REGISTRY_SERVICE:
+                # An external registry's service (live analysis): its endpoints are the
+                # workloads; the server merges every registry's endpoints for one host.
+                candidates = [*pod_labels, *(
+                    dict(e.labels) for s in ctx.registries
+                    if s.hostname == service.source.name
+                    and s.namespace == service.source.namespace for e in s.endpoints)]
             for subset_index, subset in mappings(rule.spec.get("subsets")):
                 selector = {**base, **string_map(subset.get("labels"))}
                 if not any(selector_matches(selector, labels) for labels in candidates):
