@@ -24,6 +24,8 @@ NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 SECURITY_GROUP = "security.istio.io"
 SECURITY_VERSIONS = ("v1", "v1beta1")
+SMI_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 DEFAULT_NAMESPACE = "default"
 
 
@@ -49,6 +51,20 @@ SUPPORTED_KINDS: tuple[KindSpec, ...] = (
     KindSpec(SECURITY_GROUP, Kind.AUTHORIZATION_POLICY, SECURITY_VERSIONS),
     KindSpec(SECURITY_GROUP, Kind.REQUEST_AUTHENTICATION, SECURITY_VERSIONS),
     KindSpec("telemetry.istio.io", Kind.TELEMETRY, ("v1", "v1alpha1")),
+    # Foreign APIs, translated into Istio config when read (see config/translating.py).
+    *(KindSpec(group, kind, SMI_VERSIONS) for group, kind in (
+        ("split.smi-spec.io", "TrafficSplit"),
+        ("specs.smi-spec.io", "HTTPRouteGroup"),
+        ("specs.smi-spec.io", "TCPRoute"),
+        ("specs.smi-spec.io", "UDPRoute"),
+        ("access.smi-spec.io", "TrafficTarget"),
+    )),
+    *(KindSpec(GATEWAY_API_GROUP, kind, versions) for kind, versions in (
+        ("HTTPRoute", ("v1", "v1beta1", "v1alpha2")),
+        ("GRPCRoute", ("v1", "v1alpha2")),
+        ("TCPRoute", ("v1alpha2",)),
+        ("Gateway", ("v1", "v1beta1")),
+    )),
 )
 
 _BY_GROUP_KIND: dict[tuple[str, str], KindSpec] = {(k.group, k.kind): k for k in SUPPORTED_KINDS}
@@ -143,7 +159,9 @@ def _check_kind(data: Mapping[str, Any]) -> KindSpec:
     if not isinstance(kind, str) or not kind:
         raise _Rejected("kind", "missing kind")
     if not isinstance(api_version, str) or not api_version:
-        raise _Rejected("apiVersion", f"{kind}: missing apiVersion")
+        known = [s.api_versions() for s in SUPPORTED_KINDS if s.kind == kind]
+        hint = f"; accepted: {'; '.join(known)}" if known else ""
+        raise _Rejected("apiVersion", f"{kind}: missing apiVersion{hint}")
     group, version = parse_api_version(api_version)
     spec = lookup(group, kind)
     if spec is None:

@@ -194,7 +194,7 @@ SUPPORTED: Mapping[str, Tree] = {
 
 def unsupported_fields(config: Config) -> list[str]:
     """Paths (`spec.http[0].delegate`) of fields in the config that meshpilot does not apply."""
-    tree = SUPPORTED.get(config.kind)
+    tree = SUPPORTED.get(config.kind) if config.group.endswith("istio.io") else None
     if tree is None:
         return []
     found: list[str] = []

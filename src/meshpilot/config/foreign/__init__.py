@@ -1,0 +1,1 @@
+"""Foreign config APIs (SMI, Gateway API) translated into Istio's at ingestion."""
