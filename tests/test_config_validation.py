@@ -351,7 +351,7 @@ def test_malformed_data_is_reported_not_raised() -> None:
 
 
 def test_unknown_kind_has_no_validator() -> None:
-    assert validate_spec("EnvoyFilter", {"anything": 1}) == []
+    assert validate_spec("ProxyConfig", {"anything": 1}) == []
 
 
 def test_name_helpers() -> None:

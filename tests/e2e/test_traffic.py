@@ -303,3 +303,45 @@ def test_locality_failover(mesh: Mesh) -> None:
     wait_until(lambda: send(mesh, "zoned.example", client="zoned-client")[0] == 200
                and all(send(mesh, "zoned.example", client="zoned-client")[1]["x-workload"]
                        == "zone-b" for _ in range(10)), 15, "failover to zone-b")
+
+
+ENVOY_FILTER = """
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: add-header, namespace: default}
+spec:
+  workloadSelector: {labels: {app: client}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        portNumber: 9080
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+            subFilter: {name: envoy.filters.http.router}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          default_source_code:
+            inline_string: "function envoy_on_response(h) h:headers():add('x-patched', 'lua') end"
+"""
+
+
+def test_envoy_filter_patch_in_behaviour_and_config_dump(mesh: Mesh) -> None:
+    path = mesh.write_config("envoyfilter.yaml", ENVOY_FILTER)
+    try:
+        wait_until(lambda: send(mesh, "teapot.example")[1].get("x-patched") == "lua", 15,
+                   "the Lua filter's header")
+        dump = json.dumps(mesh.envoy_config_dump("client"))
+        assert "envoy.filters.http.lua" in dump
+        # Other proxies are not selected.
+        status, headers, _ = send(mesh, "reviews", client="strict-client")
+        assert (status, headers.get("x-patched")) == (200, None)
+    finally:
+        path.unlink()
+    wait_until(lambda: "x-patched" not in send(mesh, "teapot.example")[1], 15, "patch removed")

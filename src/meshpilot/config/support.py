@@ -109,6 +109,11 @@ SUPPORTED: Mapping[str, Tree] = {
         "endpoints": [{"address": ALL, "ports": ALL, "labels": ALL, "network": ALL,
                        "locality": ALL, "weight": ALL, "serviceAccount": ALL}],
     },
+    Kind.ENVOY_FILTER: {
+        "workloadSelector": ALL, "priority": ALL,
+        "configPatches": [{"applyTo": ALL, "match": ALL, "patch": {"operation": ALL,
+                                                                   "value": ALL}}],
+    },
     Kind.TELEMETRY: {
         "selector": ALL,
         "tracing": [{"providers": ALL, "randomSamplingPercentage": ALL, "customTags": ALL,

@@ -51,6 +51,7 @@ DESTINATION_RULE_FIELDS = frozenset({
 })
 GATEWAY_FIELDS = frozenset({"servers", "selector"})
 WORKLOAD_GROUP_FIELDS = frozenset({"metadata", "template", "probe"})
+ENVOY_FILTER_FIELDS = frozenset({"workloadSelector", "targetRefs", "configPatches", "priority"})
 TELEMETRY_FIELDS = frozenset({
     "selector", "targetRef", "targetRefs", "tracing", "metrics", "accessLogging",
 })
@@ -67,6 +68,7 @@ KNOWN_SPEC_FIELDS: Mapping[str, frozenset[str]] = {
     Kind.SIDECAR: SIDECAR_FIELDS,
     Kind.WORKLOAD_GROUP: WORKLOAD_GROUP_FIELDS,
     Kind.TELEMETRY: TELEMETRY_FIELDS,
+    Kind.ENVOY_FILTER: ENVOY_FILTER_FIELDS,
 }
 
 _SERVICE_PORT_FIELDS = frozenset({"number", "protocol", "name", "targetPort"})
@@ -1083,6 +1085,37 @@ def validate_sidecar(spec: Mapping[str, Any]) -> list[Problem]:
     return c.problems
 
 
+_APPLY_TO = ("LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
+             "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP",
+             "LISTENER_FILTER")
+_PATCH_OPERATIONS = ("MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST",
+                     "REPLACE")
+_CONTEXTS = ("ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY")
+
+
+def validate_envoy_filter(spec: Mapping[str, Any]) -> list[Problem]:
+    """Istio's EnvoyFilter: known applyTo, operation and context; a value for operations
+    that need one; REMOVE without a value."""
+    c = _Checker()
+    c.known_fields(spec, "spec", ENVOY_FILTER_FIELDS)
+    _check_workload_selector(c, spec.get("workloadSelector"), "spec.workloadSelector")
+    c.integer(spec.get("priority"), "spec.priority")
+    for path, patch in c.mappings(spec.get("configPatches"), "spec.configPatches"):
+        c.enum(patch.get("applyTo"), field_path(path, "applyTo"), _APPLY_TO)
+        match = c.mapping(patch.get("match"), field_path(path, "match")) or {}
+        c.enum(match.get("context"), field_path(field_path(path, "match"), "context"), _CONTEXTS)
+        body = c.mapping(patch.get("patch"), field_path(path, "patch"))
+        if body is None:
+            c.add(field_path(path, "patch"), "patch is required")
+            continue
+        operation = c.enum(body.get("operation"), field_path(path, "patch.operation"),
+                           _PATCH_OPERATIONS)
+        value = c.mapping(body.get("value"), field_path(path, "patch.value"))
+        if operation not in (None, "REMOVE") and not value:
+            c.add(field_path(path, "patch.value"), f"{operation} needs a value")
+    return c.problems
+
+
 def validate_telemetry(spec: Mapping[str, Any]) -> list[Problem]:
     """Istio's Telemetry: providers are named, sampling is a percentage, custom tags have one
     source each."""
@@ -1149,6 +1182,7 @@ VALIDATORS: dict[str, SpecValidator] = {
     Kind.SIDECAR: validate_sidecar,
     Kind.WORKLOAD_GROUP: validate_workload_group,
     Kind.TELEMETRY: validate_telemetry,
+    Kind.ENVOY_FILTER: validate_envoy_filter,
 }
 
 

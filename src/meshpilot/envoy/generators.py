@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from meshpilot.envoy import (
     clusters,
     endpoints,
+    envoyfilter,
     gateway,
     listeners,
     names,
@@ -98,6 +99,8 @@ class ClusterGenerator:
             ],
         )
         own = [to_resource(c.name, c) for c in clusters.inbound_clusters(snapshot, proxy)]
+        if not own and names is None:
+            return shared  # the shared list itself: the server caches per list (xds/encoding)
         return _select([*shared, *own], names)
 
     def concerns(self, request: PushRequest) -> bool:
@@ -113,6 +116,18 @@ class EndpointGenerator:
     ) -> list[Resource]:
         if names is None:
             return []
+        if isinstance(names, frozenset):
+            # A whole subscription (not the few names of an endpoint-only push): proxies with
+            # the same subscription, namespace, locality and labels get one shared list. Those
+            # are everything the per-name cache key below depends on.
+            key = ("eds-set", names, proxy.namespace, proxy.locality,
+                   frozenset(proxy.labels.items()))
+            return _cached_list(snapshot, key, partial(self._generate, snapshot, proxy, names))
+        return self._generate(snapshot, proxy, names)
+
+    def _generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str]
+    ) -> list[Resource]:
         return [
             _cached(
                 snapshot,
@@ -161,6 +176,8 @@ class ListenerGenerator:
                 for lst in listeners.outbound_listeners(snapshot, proxy, set(taken), scope)
             ],
         )
+        if not inbound and names is None:
+            return outbound  # the shared list itself: the server caches per list (xds/encoding)
         return _select([*outbound, *(to_resource(lst.name, lst) for lst in inbound)], names)
 
     def concerns(self, request: PushRequest) -> bool:
@@ -181,6 +198,17 @@ class RouteGenerator:
         # Routes depend on the proxy's namespace (short host names, sourceNamespace), and on its
         # labels only when some VirtualService matches on sourceLabels.
         identity = (proxy.namespace, _labels_key(snapshot, proxy), scope_for(snapshot, proxy).key)
+        if isinstance(names, frozenset):
+            # A whole subscription: one shared list per (names, identity), as for EDS.
+            return _cached_list(
+                snapshot, ("rds-set", names, identity),
+                partial(self._generate, snapshot, proxy, names, identity),
+            )
+        return self._generate(snapshot, proxy, names, identity)
+
+    def _generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str], identity: tuple[Any, ...]
+    ) -> list[Resource]:
         return [
             _cached(
                 snapshot,
@@ -449,3 +477,30 @@ _PROXYLESS: dict[str, Callable[[Snapshot, Proxy, Collection[str] | None], list[R
     names.ROUTE: _grpc_routes,
 }
 GENERATORS = {url: ProxylessDispatch(generator) for url, generator in _ENVOY.items()}
+
+
+class EnvoyFilterStage:
+    """EnvoyFilter patches on top of everything else (envoy/envoyfilter.py). A proxy no
+    EnvoyFilter selects gets the shared, cached resources untouched."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.type_url = inner.type_url
+        self.wildcard = inner.wildcard
+
+    def generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
+    ) -> list[Resource]:
+        resources = self.inner.generate(snapshot, proxy, names)
+        if proxy.proxyless or not snapshot.envoy_filters:
+            return resources
+        patched = envoyfilter.apply(snapshot, proxy, self.type_url, resources, names)
+        if patched is None:
+            return resources
+        return [to_resource(name, message) for name, message in patched]
+
+    def concerns(self, request: PushRequest) -> bool:
+        return self.inner.concerns(request)
+
+
+GENERATORS = {url: EnvoyFilterStage(generator) for url, generator in GENERATORS.items()}

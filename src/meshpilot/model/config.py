@@ -31,6 +31,7 @@ class Kind:
     SIDECAR = "Sidecar"
     WORKLOAD_GROUP = "WorkloadGroup"
     TELEMETRY = "Telemetry"
+    ENVOY_FILTER = "EnvoyFilter"
     PEER_AUTHENTICATION = "PeerAuthentication"
     AUTHORIZATION_POLICY = "AuthorizationPolicy"
     REQUEST_AUTHENTICATION = "RequestAuthentication"

@@ -44,6 +44,7 @@ class Snapshot:
     security: MeshSecurity | None = None
     """Trust domain, CA and JWKS fetcher (see model/security.py); None without them."""
     telemetries: tuple[Config, ...] = ()
+    envoy_filters: tuple[Config, ...] = ()
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """Mesh-wide settings (`--mesh-config`): tracing providers, access logs, defaults."""
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -82,6 +83,7 @@ class Snapshot:
             ),
             security=security,
             telemetries=tuple(c for c in configs if c.kind == Kind.TELEMETRY),
+            envoy_filters=tuple(c for c in configs if c.kind == Kind.ENVOY_FILTER),
             mesh=mesh or MeshConfig(),
         )
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from meshpilot.config.secrets import SecretStore
 from meshpilot.config.store import ConfigStore
 from meshpilot.config.support import UnsupportedFields
+from meshpilot.console.history import PushHistory
 from meshpilot.debug.metrics import Metrics
 from meshpilot.envoy.generators import GENERATORS, Resource
 from meshpilot.envoy.names import ClusterName
@@ -43,6 +44,7 @@ log = logging.getLogger("meshpilot.xds")
 
 ROUTING_KINDS = (
     Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE, Kind.GATEWAY, Kind.SIDECAR, Kind.TELEMETRY,
+    Kind.ENVOY_FILTER,
     Kind.PEER_AUTHENTICATION, Kind.AUTHORIZATION_POLICY, Kind.REQUEST_AUTHENTICATION,
 )
 """Config kinds read into every snapshot (registries read ServiceEntry and WorkloadEntry)."""
@@ -89,6 +91,8 @@ class DiscoveryServer:
         """Fields of current config that meshpilot accepts but does not apply, by resource."""
         self.analysis: ServerAnalysis | None = None
         """Config analysis on every change (`meshpilot.analysis.server`), unless turned off."""
+        self.push_history = PushHistory()
+        """Recent responses per proxy with their ACK/NACK (the console's proxy pages)."""
         store.register_handler(self.unsupported.on_config)
         store.register_handler(self._on_config)
 
@@ -204,6 +208,7 @@ class DiscoveryServer:
 
     def disconnect(self, connection: Connection) -> None:
         self.connections.pop(connection.id, None)
+        self.push_history.disconnected(connection.proxy.id, connection.id)
         if self.autoregistration is not None:
             self.autoregistration.disconnected(connection.proxy)
         log.info("disconnected %s", connection.proxy.id)
