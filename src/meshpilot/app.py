@@ -18,11 +18,15 @@ from aiohttp import web
 from meshpilot.analysis.server import ServerAnalysis
 from meshpilot.config.composite import CompositeStore
 from meshpilot.config.filestore import FileConfigStore
-from meshpilot.config.mcp_source import McpConfigStore
 from meshpilot.config.secrets import SecretStore
+from meshpilot.config.sources import config_source
 from meshpilot.config.store import ConfigStore
+from meshpilot.config.translating import TranslatingStore
+from meshpilot.console.server import Console, start_console
 from meshpilot.debug.controlz import start_controlz
 from meshpilot.debug.http import start_debug_server
+from meshpilot.extensions.modules import WasmModules
+from meshpilot.kube.replicas import replica_duties
 from meshpilot.model.meshconfig import load_mesh_config
 from meshpilot.registry.aggregate import AggregateRegistry
 from meshpilot.registry.autoregistration import AutoRegistration
@@ -31,6 +35,7 @@ from meshpilot.registry.serviceentry import ServiceEntryRegistry
 from meshpilot.security.runtime import SecurityRuntime
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DiscoveryServer
+from meshpilot.xds.rest import start_rest_server
 from meshpilot.xds.server import start_grpc_server
 
 log = logging.getLogger("meshpilot")
@@ -46,12 +51,19 @@ class Running:
     http: web.AppRunner
     debug_port: int
     controlz: web.AppRunner | None = None
+    rest: web.AppRunner | None = None
+    """REST-JSON xDS (`--rest-address`), when served."""
+    rest_port: int = 0
+    console: Console | None = None
+    """The mesh console (`--console-address`), unless turned off or its port was taken."""
 
 
 def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     files = FileConfigStore(list(settings.config_dirs))
-    mcp = [McpConfigStore(url.removeprefix("xds://")) for url in settings.config_sources]
-    store: ConfigStore = CompositeStore([files, *mcp]) if mcp else files
+    sources = [config_source(url) for url in settings.config_sources]
+    combined: ConfigStore = CompositeStore([files, *sources]) if sources else files
+    # SMI and Gateway API objects are served as the Istio config they translate to.
+    store: ConfigStore = TranslatingStore(combined)
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
     if settings.mesh_config is not None:
@@ -61,6 +73,7 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
         datetime.timedelta(seconds=settings.cert_ttl),
     )
     discovery.security, discovery.security_runtime = runtime.security, runtime
+    discovery.wasm_modules = WasmModules(store, discovery)
     discovery.autoregistration = AutoRegistration(store)
     aggregate.add(ServiceEntryRegistry(
         store, discovery, cluster_id=settings.cluster_id,
@@ -88,12 +101,24 @@ async def start(settings: DiscoverySettings, discovery: DiscoveryServer) -> Runn
         if server is not None and server.sockets:
             debug_port = server.sockets[0].getsockname()[1]
     running = Running(discovery, grpc_server, xds_port, http, debug_port)
+    if settings.rest_address:
+        host, port = _split(settings.rest_address)
+        running.rest, running.rest_port = await start_rest_server(
+            discovery, host, port, settings.rest_xds_cluster
+        )
     host, port = _split(settings.controlz_address)
     try:
         running.controlz = await start_controlz(discovery, host, port)
     except OSError as error:
         # Introspection is an aid: a busy port must not keep the control plane down.
         log.warning("ControlZ not started on %s: %s", settings.controlz_address, error)
+    if settings.console.address:
+        try:
+            running.console = await start_console(discovery, settings.console)
+            log.info("console on http://%s/", settings.console.address)
+        except OSError as error:
+            # Like ControlZ: an aid, so a busy port must not keep the control plane down.
+            log.warning("console not started on %s: %s", settings.console.address, error)
     return running
 
 
@@ -102,6 +127,10 @@ async def stop(running: Running) -> None:
     await running.http.cleanup()
     if running.controlz is not None:
         await running.controlz.cleanup()
+    if running.rest is not None:
+        await running.rest.cleanup()
+    if running.console is not None:
+        await running.console.stop()
 
 
 async def serve(settings: DiscoverySettings) -> None:
@@ -131,6 +160,8 @@ async def serve(settings: DiscoverySettings) -> None:
                 group.create_task(discovery.analysis.run(), name="analysis")
             if discovery.security_runtime is not None:
                 group.create_task(discovery.security_runtime.run(), name="security")
+            for name, duty in replica_duties(settings, discovery):
+                group.create_task(duty, name=name)
     except asyncio.CancelledError:
         log.info("shutting down")
     finally:

@@ -52,6 +52,7 @@ SUPPORTED_KINDS: tuple[KindSpec, ...] = (
     KindSpec(SECURITY_GROUP, Kind.REQUEST_AUTHENTICATION, SECURITY_VERSIONS),
     KindSpec("telemetry.istio.io", Kind.TELEMETRY, ("v1", "v1alpha1")),
     KindSpec(NETWORKING_GROUP, Kind.ENVOY_FILTER, ("v1alpha3",)),
+    KindSpec("extensions.istio.io", Kind.WASM_PLUGIN, ("v1alpha1",)),
     # Foreign APIs, translated into Istio config when read (see config/translating.py).
     *(KindSpec(group, kind, SMI_VERSIONS) for group, kind in (
         ("split.smi-spec.io", "TrafficSplit"),

@@ -114,6 +114,11 @@ SUPPORTED: Mapping[str, Tree] = {
         "configPatches": [{"applyTo": ALL, "match": ALL, "patch": {"operation": ALL,
                                                                    "value": ALL}}],
     },
+    Kind.WASM_PLUGIN: {
+        "selector": ALL, "url": ALL, "sha256": ALL, "pluginName": ALL, "pluginConfig": ALL,
+        "phase": ALL, "priority": ALL, "vmConfig": {"env": [{"name": ALL, "value": ALL}]},
+        "match": ALL, "type": ALL, "failStrategy": ALL, "imagePullPolicy": ALL,
+    },
     Kind.TELEMETRY: {
         "selector": ALL,
         "tracing": [{"providers": ALL, "randomSamplingPercentage": ALL, "customTags": ALL,

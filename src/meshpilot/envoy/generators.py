@@ -28,6 +28,7 @@ from meshpilot.envoy import (
     routes,
     sds,
     telemetry,
+    wasm,
 )
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.protos import pack
@@ -170,6 +171,7 @@ class ListenerGenerator:
             (
                 "lds-outbound", proxy.outbound_bind, taken, scope.key,
                 _labels_key(snapshot, proxy), telemetry.for_proxy(snapshot, proxy).key,
+                wasm.key(snapshot, proxy),
             ),
             lambda: [
                 to_resource(lst.name, lst)
@@ -468,6 +470,28 @@ def _grpc_route_config(
         found = [routes.default_route(target.host, target.port)] if reachable else []
     where = f"{target.host}:{target.port}"
     return to_resource(name, proxyless.route_config(name, found, where))
+
+
+class ExtensionConfigGenerator:
+    """ECDS: WasmPlugin filter configs by name (envoy/wasm.py), the same for every proxy."""
+
+    type_url = names.EXTENSION
+    wildcard = False
+
+    def generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
+    ) -> list[Resource]:
+        every = _cached_list(
+            snapshot, ("ecds",),
+            lambda: [to_resource(c.name, c) for c in wasm.extension_configs(snapshot, None)],
+        )
+        return _select(every, names)
+
+    def concerns(self, request: PushRequest) -> bool:
+        return request.full
+
+
+GENERATORS[names.EXTENSION] = ExtensionConfigGenerator()
 
 
 _ENVOY: dict[str, Generator] = dict(GENERATORS)

@@ -22,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
-from meshpilot.envoy import authz, mtls, names, tcp_routes, telemetry
+from meshpilot.envoy import authz, mtls, names, tcp_routes, telemetry, wasm
 from meshpilot.envoy import passthrough as forward
 from meshpilot.envoy.protos import ads_source, duration, pack
 from meshpilot.envoy.route_policies import CORS_FILTER, FAULT_FILTER
@@ -61,6 +61,7 @@ def inbound_listeners(snapshot: Snapshot, proxy: Proxy) -> list[listener_pb2.Lis
                 f"inbound_{inbound.port}", first=authz.inbound_http_filters(snapshot, proxy)
             )
             telemetry.for_proxy(snapshot, proxy).apply(manager)  # server-side spans, logs
+            wasm.apply(manager, snapshot, proxy, "SERVER", inbound.port)
             manager.route_config.CopyFrom(routes)
             _add_filter(listener, HCM, manager)
         else:
@@ -106,6 +107,7 @@ def outbound_listeners(
         if number in http_ports:
             manager = _http_manager(f"outbound_{number}", passthrough=passthrough)
             telemetry.for_proxy(snapshot, proxy).apply(manager)
+            wasm.apply(manager, snapshot, proxy, "CLIENT", number)
             manager.rds.route_config_name = str(number)
             manager.rds.config_source.CopyFrom(ads_source())
             _add_filter(listener, HCM, manager)

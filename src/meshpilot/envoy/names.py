@@ -8,10 +8,16 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 
-SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
-PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-"""Clusters before the endpoints they warm on, listeners before the routes they name."""
+SHORT_NAMES = {
+    CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS",
+    EXTENSION: "ECDS",
+}
+PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION, SECRET)
+"""Clusters before the endpoints they warm on, listeners before the routes they name; secrets
+last, as Istio orders them (a rotation changes only them)."""
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"

@@ -32,6 +32,7 @@ class Kind:
     WORKLOAD_GROUP = "WorkloadGroup"
     TELEMETRY = "Telemetry"
     ENVOY_FILTER = "EnvoyFilter"
+    WASM_PLUGIN = "WasmPlugin"
     PEER_AUTHENTICATION = "PeerAuthentication"
     AUTHORIZATION_POLICY = "AuthorizationPolicy"
     REQUEST_AUTHENTICATION = "RequestAuthentication"

@@ -45,6 +45,9 @@ class Snapshot:
     """Trust domain, CA and JWKS fetcher (see model/security.py); None without them."""
     telemetries: tuple[Config, ...] = ()
     envoy_filters: tuple[Config, ...] = ()
+    wasm_plugins: tuple[Config, ...] = ()
+    wasm_modules: Mapping[tuple[str, str], bytes] = field(default_factory=dict)
+    """WasmPlugin modules the server has fetched, by (url, sha256)."""
     mesh: MeshConfig = field(default_factory=MeshConfig)
     """Mesh-wide settings (`--mesh-config`): tracing providers, access logs, defaults."""
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -59,6 +62,7 @@ class Snapshot:
         secrets: Mapping[str, Credential] | None = None,
         security: MeshSecurity | None = None,
         mesh: MeshConfig | None = None,
+        wasm_modules: Mapping[tuple[str, str], bytes] | None = None,
     ) -> Snapshot:
         by_host: dict[str, Service] = {}
         for svc in sorted(services, key=lambda s: (s.hostname, s.namespace)):
@@ -84,6 +88,8 @@ class Snapshot:
             security=security,
             telemetries=tuple(c for c in configs if c.kind == Kind.TELEMETRY),
             envoy_filters=tuple(c for c in configs if c.kind == Kind.ENVOY_FILTER),
+            wasm_plugins=tuple(c for c in configs if c.kind == Kind.WASM_PLUGIN),
+            wasm_modules=dict(wasm_modules or {}),
             mesh=mesh or MeshConfig(),
         )
 

@@ -27,6 +27,7 @@ from meshpilot.debug.metrics import Metrics
 from meshpilot.envoy.generators import GENERATORS, Resource
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.targets import service_targets
+from meshpilot.extensions.modules import WasmModules
 from meshpilot.model import Kind, Proxy, PushRequest, TriggerReason
 from meshpilot.model.meshconfig import MeshConfig
 from meshpilot.model.security import MeshSecurity
@@ -44,7 +45,7 @@ log = logging.getLogger("meshpilot.xds")
 
 ROUTING_KINDS = (
     Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE, Kind.GATEWAY, Kind.SIDECAR, Kind.TELEMETRY,
-    Kind.ENVOY_FILTER,
+    Kind.ENVOY_FILTER, Kind.WASM_PLUGIN,
     Kind.PEER_AUTHENTICATION, Kind.AUTHORIZATION_POLICY, Kind.REQUEST_AUTHENTICATION,
 )
 """Config kinds read into every snapshot (registries read ServiceEntry and WorkloadEntry)."""
@@ -79,6 +80,8 @@ class DiscoveryServer:
         self.secrets: SecretStore | None = None
         """Gateway credentials (`--secrets-dir`), read into every full snapshot."""
         self.mesh = MeshConfig()
+        self.wasm_modules: WasmModules | None = None
+        """WasmPlugin modules fetched by the server (extensions/modules.py)."""
         """Mesh-wide settings (`--mesh-config`), carried into every snapshot."""
         self.security: MeshSecurity | None = None
         """Trust domain, workload certificates (`--ca-dir`) and JWKS fetching, carried into
@@ -164,6 +167,7 @@ class DiscoveryServer:
         return Snapshot.build(
             self._next_version(), services, endpoints, configs, secrets, mesh=self.mesh,
             security=self.security,
+            wasm_modules=self.wasm_modules.loaded() if self.wasm_modules else None,
         )
 
     def _build_endpoints(self, previous: Snapshot, hosts: Collection[tuple[str, str]]) -> Snapshot:

@@ -1,0 +1,1 @@
+"""Proxy extensions the server delivers: WebAssembly modules for WasmPlugins."""
