@@ -66,8 +66,11 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     store: ConfigStore = TranslatingStore(combined)
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
-    if settings.mesh_config is not None:
-        discovery.mesh = load_mesh_config(str(settings.mesh_config))
+    if settings.mesh_config is not None or settings.mesh_networks is not None:
+        discovery.mesh = load_mesh_config(
+            str(settings.mesh_config) if settings.mesh_config else None,
+            str(settings.mesh_networks) if settings.mesh_networks else None,
+        )
     runtime = SecurityRuntime.create(
         discovery, settings.trust_domain or discovery.mesh.trust_domain, settings.ca_dir,
         datetime.timedelta(seconds=settings.cert_ttl),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshpilot.console.settings import ConsoleSettings
 from meshpilot.xds.discovery import DebounceSettings
 
 
@@ -25,6 +26,8 @@ class DiscoverySettings:
     debounce: DebounceSettings = field(default_factory=DebounceSettings)
     secrets_dir: Path | None = None
     """Directory of Gateway TLS credentials named by `credentialName` (see config/secrets.py)."""
+    mesh_networks: Path | None = None
+    """Istio MeshNetworks file: which network endpoints are in, and each network's gateways."""
     mesh_config: Path | None = None
     """Istio MeshConfig file: tracing providers, access logs, outbound policy, trust domain."""
     ca_dir: Path | None = None
@@ -35,10 +38,24 @@ class DiscoverySettings:
     cert_ttl: float = 24 * 3600.0
     """Lifetime of workload certificates in seconds; they rotate at half of it."""
     config_sources: tuple[str, ...] = ()
-    """MCP-over-xDS servers to read config from (`xds://HOST:PORT`), beside the files."""
+    """Config sources beside the files: MCP-over-xDS servers (`xds://HOST:PORT`) and
+    Kubernetes API servers (`kube://?kubeconfig=PATH`), see config/sources.py."""
+    replicas_lease: str = ""
+    """Leader election among replicas (`kube://?…&namespace=NS&name=LEASE`): only the leader
+    writes status; '' makes this server its own leader (see kube/replicas.py)."""
+    write_status: bool = True
+    """Write validation and analysis results into the status of Kubernetes config objects."""
     registries: tuple[str, ...] = ()
     """Third-party registry URLs (`consul://…`, `etcd://…`), adapters found by scheme."""
     cluster_id: str = "Kubernetes"
     """Cluster id given to endpoints of config-defined registries (Istio's default name)."""
     analysis: bool = True
     """Analyze the config on every change (`/debug/analyze`, see analysis/server.py)."""
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    """The mesh console (`--console-address`, login, stats polling; see console/)."""
+    rest_address: str = ""
+    """Where REST-JSON xDS (`POST /v3/discovery:<type>`, Envoy's `api_type: REST`) listens;
+    '' serves none (see xds/rest.py)."""
+    rest_xds_cluster: str = "xds-grpc"
+    """The cluster REST clients reach this server through: resources sent over REST point
+    their EDS and RDS config sources at it."""

@@ -10,16 +10,36 @@ from typing import Annotated
 import typer
 
 from meshpilot.app import serve
+from meshpilot.cli.console import (
+    DEFAULT_CONSOLE_ADDRESS,
+    DEFAULT_SESSION_TTL,
+    ConsoleAddressOption,
+    ConsoleCredentialsOption,
+    DashboardOption,
+    SessionTtlOption,
+    StateDirOption,
+    StatsIntervalOption,
+    console_settings,
+)
 from meshpilot.registry.urls import RegistryUrlError
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DebounceSettings
 
 
 def _check_source(value: str) -> str:
+    if value.startswith("kube://"):
+        return value
     if not value.startswith("xds://"):
-        raise typer.BadParameter(f"expected xds://HOST:PORT, got {value!r}",
-                                 param_hint="--config-source")
+        raise typer.BadParameter(f"expected xds://HOST:PORT or kube://?kubeconfig=PATH, got "
+                                 f"{value!r}", param_hint="--config-source")
     _check_address(value.removeprefix("xds://"))
+    return value
+
+
+def _check_lease(value: str) -> str:
+    if value and not value.startswith("kube://"):
+        raise typer.BadParameter(f"expected kube://?namespace=NS&name=LEASE, got {value!r}",
+                                 param_hint="--replicas-lease")
     return value
 
 
@@ -90,15 +110,40 @@ def discovery(
     cert_ttl: Annotated[
         float, typer.Option(help="Workload certificate lifetime in seconds (rotated at half).")
     ] = 24 * 3600.0,
+    mesh_networks: Annotated[
+        Path | None,
+        typer.Option("--mesh-networks", help="Istio meshNetworks YAML: networks with "
+                     "endpoints (fromRegistry, fromCidr) and gateways (address or "
+                     "registryServiceName, port).", exists=True, dir_okay=False),
+    ] = None,
     config_source: Annotated[
         list[str] | None,
         typer.Option(
             "--config-source",
-            metavar="xds://HOST:PORT",
-            help="An MCP-over-xDS server to read ServiceEntries and WorkloadEntries from "
-            "(repeatable), e.g. `meshpilot registry-sync --to mcp:…`.",
+            metavar="xds://HOST:PORT|kube://?kubeconfig=PATH",
+            help="A config source beside the directories (repeatable): an MCP-over-xDS server "
+            "(e.g. `meshpilot registry-sync --to mcp:…`), or a Kubernetes API server whose "
+            "Istio custom resources are read, validated and watched (`kube://` alone in a pod).",
         ),
     ] = None,
+    replicas_lease: Annotated[
+        str,
+        typer.Option(
+            "--replicas-lease",
+            metavar="kube://?namespace=NS&name=LEASE",
+            help="Run as one of several replicas: leader election with this Kubernetes Lease "
+            "(also kubeconfig=, identity=, leaseDuration=15, renewDeadline=10, retryPeriod=2); "
+            "every replica serves xDS, only the leader writes status.",
+        ),
+    ] = "",
+    write_status: Annotated[
+        bool,
+        typer.Option(
+            "--write-status/--no-write-status",
+            help="Write validation and analysis results into the status of the Istio objects "
+            "of kube:// config sources (by the leader only).",
+        ),
+    ] = True,
     registry: Annotated[
         list[str] | None,
         typer.Option(
@@ -116,6 +161,24 @@ def discovery(
             "/debug/analyze and the meshpilot_analysis_messages metric.",
         ),
     ] = True,
+    rest_address: Annotated[
+        str,
+        typer.Option(
+            help="Also serve REST-JSON xDS (POST /v3/discovery:clusters, :listeners, :routes, "
+            ":endpoints; Envoy's api_type REST) on HOST:PORT.",
+        ),
+    ] = "",
+    rest_xds_cluster: Annotated[
+        str,
+        typer.Option(help="The xDS cluster name in REST clients' bootstraps (their EDS and "
+                     "RDS config sources are pointed at it)."),
+    ] = "xds-grpc",
+    console_address: ConsoleAddressOption = DEFAULT_CONSOLE_ADDRESS,
+    console_credentials: ConsoleCredentialsOption = None,
+    console_session_ttl: SessionTtlOption = DEFAULT_SESSION_TTL,
+    console_stats_interval: StatsIntervalOption = 5.0,
+    dashboard: DashboardOption = None,
+    state_dir: StateDirOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the discovery server: watch config, serve xDS to Envoy and gRPC clients."""
@@ -132,11 +195,18 @@ def discovery(
         secrets_dir=secrets_dir,
         registries=tuple(registry or ()),
         mesh_config=mesh_config,
+        mesh_networks=mesh_networks,
         ca_dir=ca_dir,
         trust_domain=trust_domain,
         cert_ttl=cert_ttl,
         config_sources=tuple(_check_source(s) for s in config_source or ()),
+        replicas_lease=_check_lease(replicas_lease),
+        write_status=write_status,
         analysis=analysis,
+        rest_address=_check_address(rest_address) if rest_address else "",
+        rest_xds_cluster=rest_xds_cluster,
+        console=console_settings(console_address, console_credentials, console_session_ttl,
+                                 state_dir, console_stats_interval, dashboard),
     )
     try:
         asyncio.run(serve(settings))

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshpilot.envoy import locality_lb
+from meshpilot.envoy import locality_lb, mtls, networks
 from meshpilot.envoy.cluster_policies import traffic_policy
 from meshpilot.envoy.names import OUTBOUND, ClusterName
 from meshpilot.envoy.scope import destination_rule_for
@@ -48,10 +48,12 @@ def load_assignment(
     namespace: str = "",
     client: Locality | None = None,
     labels: Mapping[str, str] | None = None,
+    network: str | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects.
 
-    With the client's locality, locality-aware balancing shapes it (see `locality_lb`)."""
+    With the client's locality, locality-aware balancing shapes it (see `locality_lb`); with
+    its network, endpoints elsewhere become their network's gateways (see `networks`)."""
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     parsed = ClusterName.parse(name)
     if parsed is None or parsed.direction != OUTBOUND:
@@ -64,21 +66,31 @@ def load_assignment(
         endpoints = tuple(
             ep for ep in endpoints if all(ep.labels.get(k) == v for k, v in selector.items())
         )
-    by_locality: dict[Locality, list[Endpoint]] = {}
+    if network is not None and networks.active(snapshot):
+        endpoints = tuple(networks.split_horizon(snapshot, endpoints, network,
+                                                 mtls.enabled(snapshot)))
+    # Groups by locality, and apart for another network's gateways: those come after local
+    # endpoints (a lower priority), so a service present here is served here first.
+    by_locality: dict[tuple[Locality, bool], list[Endpoint]] = {}
     for ep in endpoints:
-        by_locality.setdefault(ep.locality, []).append(ep)
-    for locality in sorted(by_locality, key=str):
+        by_locality.setdefault((ep.locality, networks.GATEWAY_LABEL in ep.labels), []).append(ep)
+    has_local = any(not remote for _, remote in by_locality)
+    for locality, remote in sorted(by_locality, key=lambda k: (k[1], str(k[0]))):
         group = cla.endpoints.add()
+        group.priority = 1 if remote and has_local else 0
         group.locality.region = locality.region
         group.locality.zone = locality.zone
         group.locality.sub_zone = locality.subzone
         total = 0
-        for ep in by_locality[locality]:
+        for ep in by_locality[(locality, remote)]:
             lb = group.lb_endpoints.add()
             lb.endpoint.address.socket_address.address = ep.address
             lb.endpoint.address.socket_address.port_value = ep.port
             lb.health_status = _HEALTH[ep.health]
             lb.load_balancing_weight.value = max(ep.weight, 1)
+            mtls.mark_endpoint(snapshot, ep, lb.metadata)  # auto mTLS: `tlsMode: istio`
+            if networks.GATEWAY_LABEL in ep.labels:  # another network: only over mTLS
+                lb.metadata.filter_metadata[mtls.SOCKET_MATCH].update({mtls.TLS_MODE: mtls.ISTIO})
             total += max(ep.weight, 1)
         group.load_balancing_weight.value = total
     if client is not None:

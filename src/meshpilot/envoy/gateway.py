@@ -54,6 +54,7 @@ from meshpilot.envoy import names, tls
 from meshpilot.envoy.listeners import HCM, TCP_PROXY, http_filters
 from meshpilot.envoy.protos import ads_source, pack
 from meshpilot.envoy.routes import virtual_service_routes
+from meshpilot.envoy.scope import destination_rule_for
 from meshpilot.model import Config, Protocol, Proxy
 from meshpilot.model.gateways import applies_to, gateway_key, match_gateways
 from meshpilot.model.hosts import host_matches, resolve_short_name
@@ -409,7 +410,12 @@ def _passthrough_chains(
     server: Server,
     claims: _SniClaims,
 ) -> None:
-    """One chain per `tls` route match of a bound VirtualService, selected by SNI."""
+    """One chain per `tls` route match of a bound VirtualService, selected by SNI; for
+    AUTO_PASSTHROUGH (an east-west gateway) one chain per service, port and subset, selected by
+    the SNI sidecars' mTLS sets, straight to that cluster (see envoy/networks.py)."""
+    if tls.tls_mode(server.tls) == "AUTO_PASSTHROUGH":
+        _auto_passthrough_chains(snapshot, proxy, listener, server, claims)
+        return
     if tls.tls_mode(server.tls) != "PASSTHROUGH":
         _warn(server.gateway, f"{server.path}.tls.mode",
               f"{tls.tls_mode(server.tls)} needs Istio's mTLS identities, which meshpilot does "
@@ -431,6 +437,32 @@ def _passthrough_chains(
                 chain.filter_chain_match.server_names.extend(sni)
                 chain.filters.add(name=TCP_PROXY).typed_config.CopyFrom(
                     pack(_tcp_proxy(vs, route.get("route") or (), server, snapshot))
+                )
+
+
+def _auto_passthrough_chains(
+    snapshot: Snapshot,
+    proxy: Proxy,
+    listener: listener_pb2.Listener,
+    server: Server,
+    claims: _SniClaims,
+) -> None:
+    for host in sorted(snapshot.services):
+        if not any(host_matches(pattern, host) for pattern in server.hostnames):
+            continue
+        service = snapshot.services[host]
+        rule = destination_rule_for(snapshot, host, proxy.namespace)
+        subsets = [""] + [str(s["name"]) for s in (rule.spec.get("subsets") or () if rule else ())]
+        for port in service.ports:
+            for subset in subsets:
+                sni = claims.claim([f"outbound_.{port.number}_.{subset}_.{host}"])
+                if sni is None:
+                    continue
+                cluster = names.outbound_cluster(host, port.number, subset)
+                chain = listener.filter_chains.add()
+                chain.filter_chain_match.server_names.extend(sni)
+                chain.filters.add(name=TCP_PROXY).typed_config.CopyFrom(
+                    pack(tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster))
                 )
 
 

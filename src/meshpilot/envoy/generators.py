@@ -24,6 +24,7 @@ from meshpilot.envoy import (
     gateway,
     listeners,
     names,
+    networks,
     proxyless,
     routes,
     sds,
@@ -137,6 +138,7 @@ class EndpointGenerator:
                     locality := endpoints.client_locality(
                         snapshot, name, proxy.namespace, proxy.locality, proxy.labels
                     ),
+                    proxy.network if networks.active(snapshot) else None,
                 ),
                 partial(_eds_resource, snapshot, name, proxy, locality),
             )
@@ -259,7 +261,7 @@ def _eds_resource(
     snapshot: Snapshot, name: str, proxy: Proxy, client: Locality | None
 ) -> Resource:
     assignment = endpoints.load_assignment(
-        snapshot, name, proxy.namespace, client, proxy.labels
+        snapshot, name, proxy.namespace, client, proxy.labels, proxy.network
     )
     return to_resource(name, assignment)
 

@@ -13,8 +13,8 @@ filter chain (SDS is not used yet). Where its certificates come from decides how
 
 Modes: SIMPLE presents the certificate; MUTUAL also demands and verifies a client certificate;
 OPTIONAL_MUTUAL verifies one when offered. PASSTHROUGH has no context at all (the router never
-terminates), and ISTIO_MUTUAL / AUTO_PASSTHROUGH need Istio's workload certificates, which
-meshpilot does not issue: they are reported, never half-applied. A server whose credential is
+terminates; AUTO_PASSTHROUGH routes mesh mTLS by SNI, see gateway.py), and ISTIO_MUTUAL on a
+server is reported, never half-applied. A server whose credential is
 missing is reported the same way, so Envoy never receives a listener it would reject.
 """
 

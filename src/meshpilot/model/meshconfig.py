@@ -131,13 +131,21 @@ class MeshConfig:
         return str(self.data.get("accessLogEncoding") or "TEXT").upper()
 
 
-def load_mesh_config(path: str) -> MeshConfig:
-    """A MeshConfig file (YAML or JSON); an error names the file."""
+def load_mesh_config(path: str | None, networks_path: str | None = None) -> MeshConfig:
+    """MeshConfig and MeshNetworks files (YAML or JSON); an error names the file."""
+    return MeshConfig.from_user(
+        _load(path, "MeshConfig") if path else {},
+        _load(networks_path, "MeshNetworks") if networks_path else None,
+        networks_path or "",
+    )
+
+
+def _load(path: str, what: str) -> Mapping[str, Any]:
     with open(path) as handle:
         try:
             data = yaml.safe_load(handle) or {}
         except yaml.YAMLError as error:
             raise ValueError(f"{path}: {error}") from error
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: a MeshConfig must be a mapping")
-    return MeshConfig.from_user(data)
+        raise ValueError(f"{path}: a {what} must be a mapping")
+    return data
