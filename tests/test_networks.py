@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ class NoPush:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> SecurityRuntime:
-    return SecurityRuntime.create(NoPush(), "cluster.local", tmp_path_factory.mktemp("ca"), 3600)
+    return SecurityRuntime.create(NoPush(), "cluster.local", tmp_path_factory.mktemp("ca"),
+                                  datetime.timedelta(hours=1))
 
 
 def mesh(addresses: list[str]) -> list[Config]:
