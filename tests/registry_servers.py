@@ -33,13 +33,15 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"server exited with {process.returncode}:\n{tail}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"server not listening on {port} after {timeout}s:\n{log.read_text()[-3000:]}")
+    tail = log.read_text()[-3000:]
+    raise TimeoutError(f"server not listening on {port} after {timeout}s:\n{tail}")
 
 
 class _Server:
@@ -201,16 +203,16 @@ def zookeeper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKe
         server.kill()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll `check()` until it returns something truthy; fail naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Any], within: float = 10.0, what: str = "") -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what` after `within` s."""
+    deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
         await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last: {last!r}")
+    raise AssertionError(f"timed out after {within}s waiting for {what or check}; last: {last!r}")
 
 
 class Recorder:

@@ -128,7 +128,7 @@ async def test_go_micro_instances_with_leases(
     await eventually(lambda: "10.0.0.3:9000" in run.addresses("greeter.default.etcd"),
                      what="the short-lived node")
     await eventually(lambda: "10.0.0.3:9000" not in run.addresses("greeter.default.etcd"),
-                     timeout=15, what="the lease to expire")
+                     within=15, what="the lease to expire")
     # Last node gone: the service goes with it.
     await etcd.revoke_lease(lease.id)
     await eventually(lambda: not run.registry.services(), what="the service to go")
@@ -241,7 +241,7 @@ async def test_server_restart_keeps_endpoints_then_resyncs(
         assert run.updater.take() == []  # an outage pushes nothing
     finally:
         etcd_server.start()
-    await eventually(lambda: not run.registry.stale, timeout=40, what="resync after restart")
+    await eventually(lambda: not run.registry.stale, within=40, what="resync after restart")
     await etcd.put(f"{prefix}cart/c2".encode(),
                    json.dumps({"address": "10.4.0.2", "port": 80}).encode())
     await eventually(lambda: run.addresses("cart.default.etcd") == ["10.4.0.1:80", "10.4.0.2:80"],

@@ -26,11 +26,17 @@ Layouts (`layout=`; `prefix=` defaults to the layout's own prefix). Each key bel
 is `<service>/<node>`; deeper keys keep their remainder in `<node>`. A value a layout cannot
 read is logged once and treated as absent.
 
-| layout | key | value |
-|---|---|---|
-| `go-micro` (prefix `/micro/registry/`) | `<service>/<node-id>`, as go-micro's etcd registry writes (one key per node, under a lease) | `{"name", "version", "metadata", "endpoints", "nodes": [{"id", "address": "host:port", "metadata"}]}` |
-| `kratos` (prefix `/microservices/`) | `<service>/<instance-id>`, as Kratos' etcd registry writes | `{"id", "name", "version", "metadata", "endpoints": ["http://host:port", "grpc://host:port?isSecure=false"]}` |
-| `json` (prefix `/services/`, the default layout) | `<service>/<instance-id>` | `{"address", "port": 8080}` or `"ports": {"http": 8080, "grpc-api": 9090}`, optional `"metadata": {…}`, `"tags": […]`, `"healthy": true`, `"weight": 1` |
+- `go-micro` (prefix `/micro/registry/`): `<service>/<node-id>`, as go-micro's etcd registry
+  writes it (one key per node, under a lease), holding the service with that one node:
+  `{"name", "version", "metadata", "endpoints", "nodes": [{"id", "address": "host:port",
+  "metadata"}]}`.
+- `kratos` (prefix `/microservices/`): `<service>/<instance-id>`, as Kratos' etcd registry
+  writes it (under a lease): `{"id", "name", "version", "metadata", "endpoints":
+  ["http://host:port", "grpc://host:port?isSecure=false"]}`.
+- `json` (prefix `/services/`; the default layout): `<service>/<instance-id>` holding
+  `{"address": "10.0.0.1", "port": 8080}` or `"ports": {"http": 8080, "grpc-api": 9090}`
+  instead of `port`, and optionally `"metadata": {…}`, `"tags": […]`, `"healthy": true`,
+  `"weight": 1`.
 
 Mapping (see `mapping` for the rules shared by every registry):
 
@@ -64,7 +70,8 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 from urllib.parse import parse_qs, urlsplit
 
 import aetcd
@@ -96,9 +103,14 @@ _KEEPALIVE = {
 class EtcdLayout(TypingProtocol):
     """How a key layout turns one key's value into instances."""
 
-    name: str
-    default_prefix: str
-    default_protocol: Protocol
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_prefix(self) -> str: ...
+
+    @property
+    def default_protocol(self) -> Protocol: ...
 
     def parse(self, service: str, node: str, value: bytes) -> list[Instance]:
         """Instances stored at `<prefix><service>/<node>`; raise ValueError when unreadable."""
