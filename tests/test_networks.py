@@ -120,3 +120,27 @@ def test_mesh_networks_file(tmp_path: Path) -> None:
     path.write_text("networks:\n  n1:\n    endpoints: [{fromRegistry: c1}]\n")
     assert load_mesh_config(None, str(path)).networks == {"n1": {"endpoints": [
         {"fromRegistry": "c1"}]}}
+
+
+def test_cluster_local_service_keeps_clients_in_their_cluster() -> None:
+    built = snapshot_of(mesh(["192.0.2.7", "192.0.2.8"]))
+    first, second = built.service_endpoints(HOST, 9080)
+    eps = [dataclasses.replace(first, cluster_id="east"),
+           dataclasses.replace(second, cluster_id="west")]
+    split = built.with_endpoints("v2", {HOST: eps})
+
+    def addresses(settings: dict[str, Any], cluster: str) -> list[str]:
+        snap = dataclasses.replace(split, mesh=MeshConfig.from_user(
+            {"serviceSettings": [settings]}), cache={})
+        cla = endpoints.load_assignment(snap, CLUSTER, "default", cluster_id=cluster)
+        return sorted(lb.endpoint.address.socket_address.address
+                      for group in cla.endpoints for lb in group.lb_endpoints)
+
+    local = {"settings": {"clusterLocal": True}, "hosts": ["*.default.svc.cluster.local"]}
+    assert addresses(local, "east") == ["192.0.2.7"]
+    assert addresses(local, "west") == ["192.0.2.8"]
+    # Other hosts, or clusterLocal false, keep every cluster's endpoints.
+    assert addresses({**local, "hosts": ["*.other.svc.cluster.local"]}, "east") == [
+        "192.0.2.7", "192.0.2.8"]
+    assert addresses({**local, "settings": {"clusterLocal": False}}, "east") == [
+        "192.0.2.7", "192.0.2.8"]

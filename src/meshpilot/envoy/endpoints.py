@@ -49,6 +49,7 @@ def load_assignment(
     client: Locality | None = None,
     labels: Mapping[str, str] | None = None,
     network: str | None = None,
+    cluster_id: str | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects.
 
@@ -66,6 +67,8 @@ def load_assignment(
         endpoints = tuple(
             ep for ep in endpoints if all(ep.labels.get(k) == v for k, v in selector.items())
         )
+    if cluster_id is not None and snapshot.mesh.cluster_local(parsed.host):
+        endpoints = tuple(ep for ep in endpoints if ep.cluster_id == cluster_id)
     if network is not None and networks.active(snapshot):
         endpoints = tuple(networks.split_horizon(snapshot, endpoints, network,
                                                  mtls.enabled(snapshot)))

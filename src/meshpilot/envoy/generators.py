@@ -139,6 +139,7 @@ class EndpointGenerator:
                         snapshot, name, proxy.namespace, proxy.locality, proxy.labels
                     ),
                     proxy.network if networks.active(snapshot) else None,
+                    proxy.cluster_id if _cluster_local(snapshot, name) else None,
                 ),
                 partial(_eds_resource, snapshot, name, proxy, locality),
             )
@@ -261,9 +262,14 @@ def _eds_resource(
     snapshot: Snapshot, name: str, proxy: Proxy, client: Locality | None
 ) -> Resource:
     assignment = endpoints.load_assignment(
-        snapshot, name, proxy.namespace, client, proxy.labels, proxy.network
+        snapshot, name, proxy.namespace, client, proxy.labels, proxy.network, proxy.cluster_id
     )
     return to_resource(name, assignment)
+
+
+def _cluster_local(snapshot: Snapshot, name: str) -> bool:
+    parsed = ClusterName.parse(name)
+    return parsed is not None and snapshot.mesh.cluster_local(parsed.host)
 
 
 def _subset_rule(snapshot: Snapshot, name: str, proxy: Proxy) -> str:

@@ -93,6 +93,18 @@ class MeshConfig:
         mode = value.get("mode") if isinstance(value, Mapping) else None
         return str(mode or "ALLOW_ANY").upper()
 
+    def cluster_local(self, host: str) -> bool:
+        """Whether `serviceSettings` make `host` cluster-local: clients reach only the
+        endpoints in their own cluster."""
+        from meshpilot.model.hosts import host_matches
+
+        for entry in self.data.get("serviceSettings") or ():
+            if (entry.get("settings") or {}).get("clusterLocal") and any(
+                host_matches(str(pattern), host) for pattern in entry.get("hosts") or ()
+            ):
+                return True
+        return False
+
     @property
     def trust_domain(self) -> str:
         return str(self.data.get("trustDomain") or "cluster.local")
