@@ -7,6 +7,7 @@ The binaries come from Debian (`etcd-server`; `zookeeper` with its Java), instal
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import shutil
 import signal
@@ -44,7 +45,7 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: 
     raise TimeoutError(f"server not listening on {port} after {timeout}s:\n{tail}")
 
 
-class _Server:
+class _Server(abc.ABC):
     name = "server"
 
     def __init__(self, workdir: Path) -> None:
@@ -54,10 +55,11 @@ class _Server:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.name}.log"
 
+    @abc.abstractmethod
     def argv(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
-    def ready(self) -> None:
+    def ready(self) -> None:  # noqa: B027 - optional hook; the default is ready once listening
         """Block until the server answers requests."""
 
     def start(self, timeout: float = 60.0) -> None:

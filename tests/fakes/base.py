@@ -15,6 +15,7 @@ tests themselves keep working):
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import threading
 from collections.abc import Callable
@@ -34,7 +35,7 @@ class Seen:
     headers: dict[str, str]
 
 
-class FakeServer:
+class FakeServer(abc.ABC):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
@@ -45,8 +46,9 @@ class FakeServer:
 
     # For subclasses ----------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Add the fake API's handlers to `app`."""
 
     # Lifecycle ---------------------------------------------------------------------------------
 
