@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from meshpilot.envoy import endpoints, networks
 from meshpilot.envoy.generators import GENERATORS
+from meshpilot.envoy.names import CLUSTER as CDS
 from meshpilot.envoy.names import LISTENER
 from meshpilot.model import Config, Kind, NodeType, Proxy
 from meshpilot.model.meshconfig import MeshConfig, load_mesh_config
@@ -112,6 +114,13 @@ def test_east_west_gateway_routes_mesh_sni_to_local_clusters(runtime: SecurityRu
     resource.body.Unpack(listener)
     names: list[Any] = [list(c.filter_chain_match.server_names) for c in listener.filter_chains]
     assert [f"outbound_.9080_._.{HOST}"] in names
+    # The chain's cluster passes the client's mTLS through: no TLS of its own, same endpoints.
+    (passthrough,) = [c for c in GENERATORS[CDS].generate(snap, router, None)
+                      if c.name == f"outbound_.9080_._.{HOST}"]
+    cluster = cluster_pb2.Cluster()
+    passthrough.body.Unpack(cluster)
+    assert not cluster.transport_socket_matches and not cluster.HasField("transport_socket")
+    assert cluster.eds_cluster_config.service_name == CLUSTER
     assert envoy_rejects(snap, router) == ""
 
 

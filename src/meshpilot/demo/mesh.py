@@ -87,6 +87,12 @@ class Workload:
     app_host: str = "127.0.0.1"
     workload_group: str = ""
     """Register through this WorkloadGroup instead of a WorkloadEntry file."""
+    service_account: str = ""
+    """The sidecar's `--service-account` (its mesh identity); '' leaves it to the registry."""
+    network: str = ""
+    """The proxy's `--network` ('' leaves it to the mesh networks config)."""
+    netns: str = ""
+    """A Linux network namespace to run the app and its proxy in ('' for the caller's)."""
 
     @property
     def app_address(self) -> str:
@@ -106,12 +112,14 @@ class Mesh:
         prefix: str = EXAMPLE_PREFIX,
         xds_port: int | None = None,
         debug_port: int | None = None,
+        xds_host: str = "127.0.0.1",
     ) -> None:
         self.workdir = workdir
         self.prefix = prefix
         self.config_dir = workdir / "config"
         self.log_dir = workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.xds_host = xds_host
         self.xds_port = xds_port or free_port()
         self.debug_port = debug_port or free_port()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -119,7 +127,7 @@ class Mesh:
 
     @property
     def xds_address(self) -> str:
-        return f"127.0.0.1:{self.xds_port}"
+        return f"{self.xds_host}:{self.xds_port}"
 
     @property
     def debug_url(self) -> str:
@@ -146,7 +154,9 @@ class Mesh:
 
     # Processes --------------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], netns: str = "") -> subprocess.Popen[bytes]:
+        if netns:  # `ip netns exec` execs the command: the process is still the one we stop
+            argv = ["ip", "netns", "exec", netns, *argv]
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the process)
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -204,6 +214,7 @@ class Mesh:
                 "--name",
                 workload.name,
             ],
+            workload.netns,
         )
 
     def stop_app(self, name: str) -> None:
@@ -242,9 +253,14 @@ class Mesh:
                 workload.locality,
                 "--workload-group",
                 workload.workload_group,
+                "--service-account",
+                workload.service_account,
+                "--network",
+                workload.network,
                 "--config-path",
                 str(config_path),
             ],
+            workload.netns,
         )
 
     def start_router(self, router: Workload) -> None:
@@ -278,9 +294,12 @@ class Mesh:
                 str(router.admin_port),
                 "--xds-variant",
                 router.xds_variant,
+                "--network",
+                router.network,
                 "--config-path",
                 str(config_path),
             ],
+            router.netns,
         )
 
     def start_workload(self, workload: Workload) -> None:

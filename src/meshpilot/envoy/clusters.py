@@ -12,7 +12,7 @@ import logging
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshpilot.envoy import cluster_policies, metadata, names, passthrough
+from meshpilot.envoy import cluster_policies, metadata, mtls, names, passthrough
 from meshpilot.envoy.endpoints import load_assignment
 from meshpilot.envoy.protos import ads_source, duration
 from meshpilot.envoy.scope import ALLOW_ANY, Scope, destination_rule_for
@@ -38,6 +38,27 @@ def outbound_clusters(snapshot: Snapshot, scope: Scope) -> list[cluster_pb2.Clus
                 out.append(_outbound(snapshot, svc, port, subset, scope))
     if scope.outbound_policy == ALLOW_ANY:
         out.append(passthrough.cluster())
+    return out
+
+
+def sni_dnat_clusters(
+    snapshot: Snapshot, scope: Scope, hosts: list[str]
+) -> list[cluster_pb2.Cluster]:
+    """An east-west gateway's clusters for AUTO_PASSTHROUGH: the outbound clusters of `hosts`,
+    named by their mTLS SNI and without TLS of their own — the client's mTLS session passes
+    through to the endpoint's sidecar unopened. Endpoints come from the same EDS resource."""
+    out = []
+    for host in hosts:
+        svc = snapshot.services[host]
+        dr = destination_rule_for(snapshot, host, scope.namespace, scope.labels)
+        subsets = [""] + [str(s["name"]) for s in (dr.spec.get("subsets") or () if dr else ())]
+        for port in svc.ports:
+            for subset in subsets:
+                cluster = _outbound(snapshot, svc, port, subset, scope)
+                cluster.name = names.sni_dnat_cluster(host, port.number, subset)
+                cluster.ClearField("transport_socket")
+                cluster.ClearField("transport_socket_matches")
+                out.append(cluster)
     return out
 
 
@@ -76,6 +97,8 @@ def _outbound(
         snapshot, svc.hostname, port.number, subset, scope.namespace, scope.labels
     )
     cluster_policies.apply(cluster, policy, port.protocol)
+    # ISTIO_MUTUAL and auto mTLS: the mesh's own transport (mtls.py).
+    mtls.apply_upstream(cluster, snapshot, svc.hostname, port.number, subset, policy)
     rule = destination_rule_for(snapshot, svc.hostname, scope.namespace, scope.labels)
     metadata.mark_cluster(cluster, svc, rule, subset)
     return cluster

@@ -440,6 +440,15 @@ def _passthrough_chains(
                 )
 
 
+def auto_passthrough_hosts(snapshot: Snapshot, proxy: Proxy) -> list[str]:
+    """The services an east-west gateway passes mesh mTLS through to (AUTO_PASSTHROUGH)."""
+    patterns = [pattern for server in servers_for(snapshot, proxy) if server.passthrough
+                and tls.tls_mode(server.tls) == "AUTO_PASSTHROUGH"
+                for pattern in server.hostnames]
+    return [host for host in sorted(snapshot.services)
+            if any(host_matches(pattern, host) for pattern in patterns)]
+
+
 def _auto_passthrough_chains(
     snapshot: Snapshot,
     proxy: Proxy,
@@ -455,10 +464,10 @@ def _auto_passthrough_chains(
         subsets = [""] + [str(s["name"]) for s in (rule.spec.get("subsets") or () if rule else ())]
         for port in service.ports:
             for subset in subsets:
-                sni = claims.claim([f"outbound_.{port.number}_.{subset}_.{host}"])
+                cluster = names.sni_dnat_cluster(host, port.number, subset)
+                sni = claims.claim([cluster])
                 if sni is None:
                     continue
-                cluster = names.outbound_cluster(host, port.number, subset)
                 chain = listener.filter_chains.add()
                 chain.filter_chain_match.server_names.extend(sni)
                 chain.filters.add(name=TCP_PROXY).typed_config.CopyFrom(

@@ -101,6 +101,10 @@ class ClusterGenerator:
             ],
         )
         own = [to_resource(c.name, c) for c in clusters.inbound_clusters(snapshot, proxy)]
+        if proxy.type == NodeType.ROUTER:
+            passthrough = gateway.auto_passthrough_hosts(snapshot, proxy)
+            own += [to_resource(c.name, c)
+                    for c in clusters.sni_dnat_clusters(snapshot, scope, passthrough)]
         if not own and names is None:
             return shared  # the shared list itself: the server caches per list (xds/encoding)
         return _select([*shared, *own], names)

@@ -46,5 +46,11 @@ def outbound_cluster(host: str, port: int, subset: str = "") -> str:
     return f"{OUTBOUND}|{port}|{subset}|{host}"
 
 
+def sni_dnat_cluster(host: str, port: int, subset: str = "") -> str:
+    """Istio's SNI for mesh mTLS, also the name of the east-west gateway's cluster that passes
+    such connections through unopened."""
+    return f"{OUTBOUND}_.{port}_.{subset}_.{host}"
+
+
 def inbound_cluster(port: int) -> str:
     return f"{INBOUND}|{port}||"
