@@ -18,6 +18,7 @@ Metadata keys follow Istio's names where Istio has one:
     OUTBOUND_BIND   address outbound listeners bind to (no traffic capture)
     APP_ADDRESS     `host:port` of the application behind the inbound listener
     ADMIN_ADDRESS   `host:port` of Envoy's admin endpoint
+    SERVICE_ACCOUNT the workload's service account (its mesh identity), when given
 
 The reader is tolerant: a Node from a plain Envoy or an Istio agent may carry none of these. Then
 an Istio-form node id (`sidecar~10.0.0.1~name.ns~ns.svc.cluster.local`) supplies type, IP,
@@ -49,6 +50,7 @@ PROXY_TYPE = "PROXY_TYPE"
 OUTBOUND_BIND = "OUTBOUND_BIND"
 APP_ADDRESS = "APP_ADDRESS"
 ADMIN_ADDRESS = "ADMIN_ADDRESS"
+SERVICE_ACCOUNT = "SERVICE_ACCOUNT"
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_OUTBOUND_BIND = "127.0.0.1"
@@ -145,6 +147,8 @@ class NodeInfo:
     """`region/zone/subzone`, sent as the xDS node's locality (as Istio's agent does)."""
     workload_group: str = ""
     """A WorkloadGroup to register this workload in when it connects (auto-registration)."""
+    service_account: str = ""
+    """The workload's service account (Istio's SERVICE_ACCOUNT): its mesh identity."""
     outbound_bind: str = DEFAULT_OUTBOUND_BIND
     app_address: str = ""
     admin_address: str = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
@@ -163,7 +167,11 @@ class NodeInfo:
 
     def metadata(self) -> dict[str, Any]:
         """The metadata as plain JSON values, before encoding into a Struct."""
-        extra = {"AUTO_REGISTER_GROUP": self.workload_group} if self.workload_group else {}
+        extra: dict[str, Any] = (
+            {"AUTO_REGISTER_GROUP": self.workload_group} if self.workload_group else {}
+        )
+        if self.service_account:
+            extra[SERVICE_ACCOUNT] = self.service_account
         return extra | {
             NAMESPACE: self.namespace,
             LABELS: dict(self.labels),

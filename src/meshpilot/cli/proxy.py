@@ -142,6 +142,14 @@ WorkloadGroupOption = Annotated[
         "file needed); it is removed again after the proxy disconnects.",
     ),
 ]
+ServiceAccountOption = Annotated[
+    str,
+    typer.Option(
+        "--service-account", metavar="NAME",
+        help="The workload's service account: its mesh identity spiffe://<trust domain>/ns/"
+        "<namespace>/sa/<NAME> when no WorkloadEntry of a service names one.",
+    ),
+]
 LocalityOption = Annotated[
     str,
     typer.Option(
@@ -174,6 +182,7 @@ class IdentityArgs:
     workload_group: str = ""
     admin_port: int = DEFAULT_ADMIN_PORT
     xds_variant: XdsVariant = XdsVariant.SOTW
+    service_account: str = ""
 
     def node_info(self, proxy_type: NodeType, hostname: str) -> NodeInfo:
         """Validate and fill defaults; raise ValueError with a user-facing message."""
@@ -194,6 +203,7 @@ class IdentityArgs:
             cluster_id=self.cluster_id,
             locality=_check_locality(self.locality),
             workload_group=self.workload_group,
+            service_account=self.service_account,
             outbound_bind=_check_ip(self.outbound_bind, "--outbound-bind"),
             app_address=_app_address(self.app_address),
             admin_address=str(HostPort("127.0.0.1", _check_port(self.admin_port))),
@@ -435,6 +445,7 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
         cluster_id: ClusterIdOption = "",
         locality: LocalityOption = "",
         workload_group: WorkloadGroupOption = "",
+        service_account: ServiceAccountOption = "",
         admin_port: AdminPortOption = DEFAULT_ADMIN_PORT,
         xds_variant: XdsVariantOption = XdsVariant.SOTW,
         log_level: Annotated[
@@ -472,6 +483,7 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
             cluster_id=cluster_id,
             locality=locality,
             workload_group=workload_group,
+            service_account=service_account,
             admin_port=admin_port,
             xds_variant=xds_variant,
         )
@@ -505,6 +517,7 @@ def bootstrap_command(
     cluster_id: ClusterIdOption = "",
     locality: LocalityOption = "",
     workload_group: WorkloadGroupOption = "",
+    service_account: ServiceAccountOption = "",
     admin_port: AdminPortOption = DEFAULT_ADMIN_PORT,
     xds_variant: XdsVariantOption = XdsVariant.SOTW,
     output: Annotated[
@@ -525,6 +538,7 @@ def bootstrap_command(
         cluster_id=cluster_id,
         locality=locality,
         workload_group=workload_group,
+        service_account=service_account,
         admin_port=admin_port,
         xds_variant=xds_variant,
     )

@@ -4,7 +4,8 @@ The policy for a cluster is Istio's merge: the rule's top-level `trafficPolicy`,
 its `portLevelSettings` entry for the port, then by the subset's own policy (and the subset's
 port-level entry). Each section then maps onto the cluster: `loadBalancer` (including
 consistent hashing; the route side lives in route_policies), `connectionPool` (circuit
-breakers, timeouts, HTTP options), `outlierDetection` and `tls` (certificates from files).
+breakers, timeouts, HTTP options), `outlierDetection` and `tls` (certificates from files;
+ISTIO_MUTUAL and auto mTLS are mtls.py's).
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def _tls(cluster: cluster_pb2.Cluster, spec: Policy) -> None:
     if mode == "DISABLE":
         return
     if mode == "ISTIO_MUTUAL":
-        raise ValueError("tls.mode ISTIO_MUTUAL needs the mesh certificate authority")
+        return  # the mesh's own certificates, over SDS: mtls.apply_upstream
     context = tls_pb2.UpstreamTlsContext()
     common = context.common_tls_context
     if spec.get("sni"):

@@ -1,0 +1,1 @@
+"""The mesh's security: certificate authority, workload identities and certificates, JWKS."""
