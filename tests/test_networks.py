@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from meshpilot.envoy import endpoints, networks
 from meshpilot.envoy.generators import GENERATORS
 from meshpilot.envoy.names import CLUSTER as CDS
+from meshpilot.envoy.names import ENDPOINT as EDS
 from meshpilot.envoy.names import LISTENER
 from meshpilot.model import Config, Kind, NodeType, Proxy
 from meshpilot.model.meshconfig import MeshConfig, load_mesh_config
@@ -153,3 +155,25 @@ def test_cluster_local_service_keeps_clients_in_their_cluster() -> None:
         "192.0.2.7", "192.0.2.8"]
     assert addresses({**local, "settings": {"clusterLocal": False}}, "east") == [
         "192.0.2.7", "192.0.2.8"]
+
+
+def test_subscriptions_shared_only_within_a_cluster_and_network() -> None:
+    """Proxies alike in all but cluster (or network) must not share one EDS answer."""
+    built = snapshot_of(mesh(["192.0.2.7", "198.51.100.7"]))
+    first, second = built.service_endpoints(HOST, 9080)
+    split = built.with_endpoints("v2", {HOST: [dataclasses.replace(first, cluster_id="east"),
+                                               dataclasses.replace(second, cluster_id="west")]})
+    snap = dataclasses.replace(split, mesh=MeshConfig.from_user({"serviceSettings": [
+        {"settings": {"clusterLocal": True}, "hosts": [HOST]}]}), cache={})
+
+    def addresses(cluster: str) -> list[str]:
+        proxy = Proxy(id=f"sidecar~{cluster}", type=NodeType.SIDECAR, namespace="default",
+                      workload_name="client", labels={"app": "client"}, cluster_id=cluster)
+        (resource,) = GENERATORS[EDS].generate(snap, proxy, frozenset({CLUSTER}))
+        cla = endpoint_pb2.ClusterLoadAssignment()
+        resource.body.Unpack(cla)
+        return [lb.endpoint.address.socket_address.address
+                for group in cla.endpoints for lb in group.lb_endpoints]
+
+    assert addresses("east") == ["192.0.2.7"]
+    assert addresses("west") == ["198.51.100.7"]

@@ -93,6 +93,8 @@ class Workload:
     """The proxy's `--network` ('' leaves it to the mesh networks config)."""
     netns: str = ""
     """A Linux network namespace to run the app and its proxy in ('' for the caller's)."""
+    cluster_id: str = ""
+    """The proxy's `--cluster-id` (its cluster, for cluster-local services)."""
 
     @property
     def app_address(self) -> str:
@@ -257,6 +259,8 @@ class Mesh:
                 workload.service_account,
                 "--network",
                 workload.network,
+                "--cluster-id",
+                workload.cluster_id,
                 "--config-path",
                 str(config_path),
             ],

@@ -124,10 +124,10 @@ class EndpointGenerator:
             return []
         if isinstance(names, frozenset):
             # A whole subscription (not the few names of an endpoint-only push): proxies with
-            # the same subscription, namespace, locality and labels get one shared list. Those
-            # are everything the per-name cache key below depends on.
+            # the same subscription, namespace, locality, labels, network and cluster get one
+            # shared list. Those are everything the per-name cache key below depends on.
             key = ("eds-set", names, proxy.namespace, proxy.locality,
-                   frozenset(proxy.labels.items()))
+                   frozenset(proxy.labels.items()), proxy.network, proxy.cluster_id)
             return _cached_list(snapshot, key, partial(self._generate, snapshot, proxy, names))
         return self._generate(snapshot, proxy, names)
 
