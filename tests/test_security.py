@@ -43,7 +43,7 @@ from meshpilot.envoy.generators import GENERATORS
 from meshpilot.model import Config, Kind, NodeType, Proxy
 from meshpilot.model.security import Identity
 from meshpilot.model.snapshot import Snapshot
-from meshpilot.security.ca import CaError, CertificateAuthority
+from meshpilot.security.ca import CaError, CertificateAuthority, create_intermediate
 from meshpilot.security.certificates import WorkloadCertificates
 from meshpilot.security.jwks import UNMATCHABLE_JWKS
 from meshpilot.security.runtime import SecurityRuntime
@@ -847,3 +847,17 @@ def test_proxy_without_identity_in_registry_is_default(runtime: SecurityRuntime)
     leaf = x509.load_pem_x509_certificate(secret.tls_certificate.certificate_chain.inline_bytes)
     assert "spiffe://cluster.local/ns/shop/sa/default" in str(
         leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+
+
+def test_intermediates_of_one_root_for_several_control_planes(tmp_path: Path) -> None:
+    root = CertificateAuthority.load_or_create(tmp_path / "root", "cluster.local")
+    first = create_intermediate(tmp_path / "root", tmp_path / "c1", "cluster-1")
+    second = create_intermediate(tmp_path / "root", tmp_path / "c2", "cluster-2")
+    assert not first.self_signed and first.root == second.root == root.root
+    for ca in (first, second):
+        issued = ca.issue(Identity("cluster.local", "a", "b"), HOUR)
+        chain = x509.load_pem_x509_certificates(issued.certificate_chain)
+        chain[0].verify_directly_issued_by(chain[1])
+        chain[1].verify_directly_issued_by(x509.load_pem_x509_certificate(root.root))
+    with pytest.raises(CaError, match="is not a root"):
+        create_intermediate(tmp_path / "c1", tmp_path / "c3", "nested")

@@ -13,6 +13,8 @@ from meshpilot import __version__
 from meshpilot.cli import (
     admin,
     analyze,
+    ca,
+    console,
     dashboard,
     describe,
     discovery,
@@ -58,9 +60,11 @@ proxy_config.register(app)
 precheck.register(app)
 describe.register(app)
 dashboard.register(app)
+console.register(app)
 admin.register(app)
 grpc_bootstrap.register(app)
 registry_sync.register(app)
+ca.register(app)
 
 if __name__ == "__main__":
     app()

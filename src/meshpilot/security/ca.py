@@ -235,3 +235,64 @@ def _public_bytes(key: object) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return encoded
+
+
+INTERMEDIATE_LIFETIME = datetime.timedelta(days=365)
+
+
+def create_intermediate(
+    root_dir: Path, out_dir: Path, name: str, lifetime: datetime.timedelta = INTERMEDIATE_LIFETIME
+) -> CertificateAuthority:
+    """A signing CA for one control plane under a shared root, as Istio's per-cluster `cacerts`.
+
+    `root_dir` is a CA directory whose signing certificate is a root (a self-signed `--ca-dir`
+    works); `out_dir` receives ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem, to be
+    given to that control plane as its `--ca-dir`. Control planes with intermediates of one root
+    trust each other's workloads: one mesh, several control planes.
+    """
+    root = CertificateAuthority.load(root_dir)
+    if not root.self_signed:
+        raise CaError(f"{root_dir / CA_CERT} is not a root (it is signed by "
+                      f"{root.certificate.issuer.rfc4514_string()})")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    organisation = root.certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    subject = x509.Name([
+        *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(a.value)) for a in organisation[:1]),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"meshpilot intermediate CA {name}"),
+    ])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(root.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + lifetime, root.certificate.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=False, content_commitment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                root.certificate.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(root.key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    cert_pem = certificate.public_bytes(pem)
+    _write(out_dir / CA_KEY, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()), 0o600)
+    _write(out_dir / ROOT_CERT, root.root, 0o644)
+    _write(out_dir / CERT_CHAIN, cert_pem + root.root, 0o644)
+    _write(out_dir / CA_CERT, cert_pem, 0o644)
+    return CertificateAuthority.load(out_dir)
