@@ -16,6 +16,8 @@ gets the gateway in place of reviews-b, and reaches it with mTLS and Istio's SNI
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,3 +190,17 @@ def test_local_instances_are_preferred_and_remote_ones_remain(two_networks: TwoN
 def _client_id(two_networks: TwoNetworks) -> str:
     clients = get_json(f"{two_networks.mesh.debug_url}/debug/adsz")["clients"]
     return str(next(c["proxy"] for c in clients if c["workload"] == "client"))
+
+
+def test_describe_says_where_endpoints_are_and_how_they_are_reached(
+    two_networks: TwoNetworks,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshpilot.cli.main", "describe", "service", HOST,
+         "--xds-address", two_networks.mesh.xds_address],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    b = two_networks.b
+    assert (f"      {b.addresses[0]}:{PORT} (network net-b): other networks reach it through "
+            f"gateway {b.gateway}:{GATEWAY_PORT} (mTLS only)") in done.stdout.splitlines(), \
+        done.stdout

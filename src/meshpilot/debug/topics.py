@@ -14,6 +14,7 @@ from meshpilot.analysis.live import server_inputs
 from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.debug import syncz
 from meshpilot.debug.configdump import config_dump_json
+from meshpilot.envoy import networks
 from meshpilot.envoy.names import SHORT_NAMES
 from meshpilot.xds.connection import Connection
 from meshpilot.xds.discovery import DiscoveryServer
@@ -137,6 +138,9 @@ def adsz(server: DiscoveryServer, _: Params) -> Any:
                 "workload": c.proxy.workload_name,
                 "labels": dict(c.proxy.labels),
                 "ips": list(c.proxy.ip_addresses),
+                "clusterId": c.proxy.cluster_id,
+                "network": c.proxy.network,
+                "locality": str(c.proxy.locality),
                 "adminAddress": c.proxy.admin_address,
                 "pushes": c.pushes,
                 "watches": {
@@ -158,6 +162,8 @@ def registryz(server: DiscoveryServer, _: Params) -> Any:
         # Each registry's own state: connected, synced, stale (serving last known), errors.
         "registries": [r.status() for r in getattr(server.registry, "registries", [])],
         "conflicts": list(getattr(server.registry, "conflicts", list)()),
+        # How networks meet (meshNetworks): describe explains cross-network paths with it.
+        "meshNetworks": dict(snapshot.mesh.networks),
         "services": [
             {
                 "hostname": s.hostname,
@@ -179,6 +185,9 @@ def registryz(server: DiscoveryServer, _: Params) -> Any:
                         "health": e.health,
                         "workload": e.workload_name,
                         "namespace": e.namespace,
+                        "clusterId": e.cluster_id,
+                        "network": networks.network_of(snapshot, e),
+                        "locality": str(e.locality),
                     }
                     for p in s.ports
                     for e in snapshot.service_endpoints(s.hostname, p.number)

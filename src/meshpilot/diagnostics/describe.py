@@ -14,14 +14,17 @@ chosen by the same code the server uses. Then, per service:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpilot.envoy import networks
 from meshpilot.envoy.scope import destination_rule_for, virtual_service_for
 from meshpilot.envoy.targets import service_targets
-from meshpilot.model import Config, Endpoint, NodeType, Port, Protocol, Proxy, Service
+from meshpilot.model import Config, Endpoint, Locality, NodeType, Port, Protocol, Proxy, Service
 from meshpilot.model.hosts import host_matches, resolve_short_name
+from meshpilot.model.meshconfig import MeshConfig
 from meshpilot.model.snapshot import Snapshot
 
 SEPARATOR = "--------------------"
@@ -55,6 +58,9 @@ def snapshot_from(registryz: Mapping[str, Any], configz: Mapping[str, Any]) -> S
                     port=int(e["port"]),
                     labels=dict(e.get("labels") or {}),
                     workload_name=e.get("workload", ""),
+                    cluster_id=e.get("clusterId", ""),
+                    network=e.get("network", ""),
+                    locality=Locality.parse(e.get("locality", "")),
                 )
             )
     configs = [
@@ -62,7 +68,11 @@ def snapshot_from(registryz: Mapping[str, Any], configz: Mapping[str, Any]) -> S
         for c in configz.get("configs") or ()
         if c["kind"] in ("VirtualService", "DestinationRule")
     ]
-    return Snapshot.build(str(registryz.get("version", "")), services, endpoints, configs)
+    built = Snapshot.build(str(registryz.get("version", "")), services, endpoints, configs)
+    networks = registryz.get("meshNetworks") or {}
+    if not networks:
+        return built
+    return dataclasses.replace(built, mesh=MeshConfig.from_user({}, {"networks": networks}))
 
 
 def proxy_from(client: Mapping[str, Any]) -> Proxy:
@@ -73,6 +83,9 @@ def proxy_from(client: Mapping[str, Any]) -> Proxy:
         workload_name=client.get("workload", ""),
         labels=dict(client.get("labels") or {}),
         ip_addresses=tuple(client.get("ips") or ()),
+        cluster_id=client.get("clusterId", ""),
+        network=client.get("network", ""),
+        locality=Locality.parse(client.get("locality", "")),
     )
 
 
@@ -213,10 +226,18 @@ def _service_section(
     all_endpoints = [
         e for p in svc.ports for e in snapshot.service_endpoints(svc.hostname, p.number)
     ]
-    if workload_labels is None:
-        listed = sorted({f"{e.address}:{e.port}" for e in all_endpoints})
-        lines.append(f"   Endpoints: {', '.join(listed) if listed else '(none)'}")
     data: dict[str, Any] = {"host": svc.hostname, "ports": ports}
+    if workload_labels is None:
+        unique = {f"{e.address}:{e.port}": e for e in all_endpoints}
+        found = {a: _whereabouts(snapshot, e) for a, e in sorted(unique.items())}
+        data["endpoints"] = [{"address": a, "where": where, "reachedFromOtherNetworks": how}
+                             for a, (where, how) in found.items()]
+        if not any(where or how for where, how in found.values()):
+            lines.append(f"   Endpoints: {', '.join(found) if found else '(none)'}")
+        else:  # several clusters or networks: say where each endpoint is and how it is reached
+            lines.append("   Endpoints:")
+            lines += [f"      {a}{f' ({where})' if where else ''}{f': {how}' if how else ''}"
+                      for a, (where, how) in found.items()]
 
     # The rules clients in the service's own namespace get, by the translation's own lookup.
     dr = destination_rule_for(snapshot, svc.hostname, svc.namespace)
@@ -307,12 +328,33 @@ def _service_section(
     return lines, data, warnings
 
 
+def _whereabouts(snapshot: Snapshot, endpoint: Endpoint) -> tuple[str, str]:
+    """Where an endpoint is (cluster, network, locality) and, with several networks, how
+    clients in other networks reach it: through its network's gateways, over mTLS, or not."""
+    network = networks.network_of(snapshot, endpoint)
+    where = ", ".join(f"{k} {v}" for k, v in (
+        ("cluster", endpoint.cluster_id), ("network", network),
+        ("locality", str(endpoint.locality))) if v)
+    if not snapshot.mesh.networks or not network:
+        return where, ""
+    gateways = networks.gateways_of(snapshot, network)
+    if not gateways:
+        return where, f"other networks cannot reach it (network {network} has no gateway)"
+    via = ", ".join(f"{host}:{port}" for host, port in gateways)
+    return where, f"other networks reach it through gateway {via} (mTLS only)"
+
+
 def describe_proxy(snapshot: Snapshot, proxy: Proxy) -> Description:
     out = Description()
     out.lines.append(f"Proxy: {proxy.id}")
     out.lines.append(f"   Workload: {proxy.short_name}, labels {_labels(proxy.labels)}")
     if proxy.ip_addresses:
         out.lines.append(f"   IPs: {', '.join(proxy.ip_addresses)}")
+    place = ", ".join(f"{k} {v}" for k, v in (
+        ("cluster", proxy.cluster_id), ("network", proxy.network),
+        ("locality", str(proxy.locality))) if v)
+    if place:
+        out.lines.append(f"   Runs in: {place}")
     targets = service_targets(snapshot, proxy)
     hosts = sorted({t.hostname for t in targets})
     out.data = {
