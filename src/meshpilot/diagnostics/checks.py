@@ -115,8 +115,14 @@ def config_checks(config_dirs: list[Path]) -> list[Check]:
 async def _load(config_dirs: list[Path]) -> DiscoveryServer:
     # Loading fires the server's handlers, which queue pushes on the running loop.
     discovery = build_discovery(DiscoverySettings(config_dirs=tuple(config_dirs)))
-    assert isinstance(discovery.store, FileConfigStore)
-    discovery.store.load()
+    # The files sit under the layers the server adds (translation of SMI and Gateway API).
+    store: object = discovery.store
+    while not isinstance(store, FileConfigStore):
+        inner = getattr(store, "inner", None)
+        if inner is None:
+            raise TypeError(f"no file store under {type(discovery.store).__name__}")
+        store = inner
+    store.load()
     return discovery
 
 
