@@ -9,6 +9,7 @@ in for Consul: what matters here is that its services reach analysis, not how th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -312,6 +313,24 @@ def test_two_registries_disagreeing_on_a_protocol() -> None:
         f"service {ORDERS}), GRPC (eureka service {ORDERS}).",
     )]
     assert all(m.reference == "" for m in conflicts)  # a registry service has no file
+
+
+def test_clusters_publishing_one_host_with_different_ports() -> None:
+    first = external("etcd", ORDERS, "HTTP")
+    second = dataclasses.replace(external("etcd", ORDERS, "HTTP"), cluster="cluster-2",
+                                 ports=(RegistryPort("p", 9090, "HTTP"),))
+    same = dataclasses.replace(external("file", ORDERS, "HTTP"), cluster="cluster-3")
+    messages = analyze_inputs(ServerInputs([], [dataclasses.replace(first, cluster="cluster-1"),
+                                                second, same]))
+    assert [(m.code, m.origin, m.text) for m in messages if m.code == "MP0006"] == [(
+        "MP0006", f"RegistryService default/{ORDERS}",
+        f'Host "{ORDERS}" is published with different ports: 8080 (etcd service {ORDERS} in '
+        f"cluster cluster-1), 9090 (etcd service {ORDERS} in cluster cluster-2).",
+    ), (
+        "MP0006", f"RegistryService default/{ORDERS}",
+        f'Host "{ORDERS}" is published with different ports: 9090 (etcd service {ORDERS} in '
+        f"cluster cluster-2), 8080 (file service {ORDERS} in cluster cluster-3).",
+    )]
 
 
 def test_registry_endpoint_in_a_network_without_gateway() -> None:

@@ -55,6 +55,7 @@ ALL: tuple[Analyzer, ...] = (
     k8sgateway.SelectorAnalyzer(),
     meshnetworks.MeshNetworksAnalyzer(),
     registry.RegistryProtocolAnalyzer(),
+    registry.RegistryPortsAnalyzer(),
     registry.ServiceEntryCollisionAnalyzer(),
     registry.UnhealthyEndpointsAnalyzer(),
     registry.SubsetEndpointsAnalyzer(),

@@ -15,6 +15,9 @@ endpoints the way meshpilot's registries will publish them:
 - `meshpilot.SubsetEndpointsAnalyzer`: a DestinationRule subset of a ServiceEntry host that
   selects none of its endpoints, inline or WorkloadEntry (MP0004). Pods are
   `destinationrule.SubsetSelectPodAnalyzer`'s business.
+- `meshpilot.RegistryPortsAnalyzer`: one host published by two registries, or by one registry
+  in two clusters, with different port numbers (MP0006): the server keeps the first one's
+  ports, so the other's instances on the missing ports get no traffic.
 - `meshpilot.NetworkGatewayAnalyzer`: with MeshNetworks configured, an endpoint in a network
   that has no gateway cannot be reached from other networks (MP0005).
 
@@ -62,6 +65,7 @@ SHADOWS_SERVICE = message_type("ServiceEntryShadowsRegistryService")
 NO_HEALTHY_ENDPOINTS = message_type("ServiceWithoutHealthyEndpoints")
 SUBSET_WITHOUT_ENDPOINTS = message_type("SubsetSelectsNoRegistryEndpoint")
 NETWORK_WITHOUT_GATEWAY = message_type("EndpointNetworkWithoutGateway")
+PORTS_DIFFER = message_type("RegistryServicePortsDiffer")
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,36 @@ class RegistryProtocolAnalyzer:
                     ctx.report(external.resource(), PROTOCOL_CONFLICT, external.hostname, port,
                                f"{protocol} ({earlier.label}), {other} ({external.label})")
             seen.append(external)
+
+
+class RegistryPortsAnalyzer:
+    name = "meshpilot.RegistryPortsAnalyzer"
+    description = "Checks that registries and clusters publishing one host agree on its ports"
+    inputs: tuple[Collection, ...] = ()
+
+    def analyze(self, ctx: Context) -> None:
+        seen: list[RegistryService] = []
+        for external in ctx.registries:
+            ports = sorted(_external_ports(external))
+            for earlier in seen:
+                same_source = (earlier.registry, earlier.cluster) == (external.registry,
+                                                                      external.cluster)
+                if earlier.hostname != external.hostname or same_source:
+                    continue
+                theirs = sorted(_external_ports(earlier))
+                if theirs != ports:
+                    ctx.report(external.resource(), PORTS_DIFFER, external.hostname,
+                               f"{_port_list(theirs)} ({_where(earlier)}), "
+                               f"{_port_list(ports)} ({_where(external)})")
+            seen.append(external)
+
+
+def _port_list(ports: list[int]) -> str:
+    return "/".join(str(p) for p in ports) or "none"
+
+
+def _where(service: RegistryService) -> str:
+    return service.label + (f" in cluster {service.cluster}" if service.cluster else "")
 
 
 class ServiceEntryCollisionAnalyzer:
