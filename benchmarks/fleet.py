@@ -69,7 +69,7 @@ class Fleet:
             status = self.status()
             now = time.monotonic()
             if status["subscribed"] == self.proxies and now - status["last"] >= quiet:
-                return status["last"] - start
+                return float(status["last"] - start)
             if now - start > timeout:
                 raise TimeoutError(f"fleet not synced after {timeout}s: {status}")
             time.sleep(0.1)
@@ -93,7 +93,7 @@ class Outcome:
     """Per proxy and repetition: seconds from the change to its last ACK."""
     cpu: list[float] = field(default_factory=list)
     """Server CPU seconds per repetition."""
-    bytes: list[int] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
     responses: list[int] = field(default_factory=list)
     reached: list[int] = field(default_factory=list)
     types: dict[str, int] = field(default_factory=dict)
@@ -106,7 +106,7 @@ class Outcome:
             "p99_ms": _quantile(lat, 0.99) * 1000,
             "max_ms": lat[-1] * 1000,
             "cpu_s": statistics.mean(self.cpu) if self.cpu else float("nan"),
-            "kib": statistics.mean(self.bytes) / 1024 if self.bytes else float("nan"),
+            "kib": statistics.mean(self.received) / 1024 if self.received else float("nan"),
             "reached": min(self.reached) if self.reached else 0,
             "responses": statistics.mean(self.responses) if self.responses else 0,
         }
@@ -150,7 +150,7 @@ def run_scenario(
                 for type_url, count in types.items():
                     outcome.types[type_url] = outcome.types.get(type_url, 0) + count
         outcome.reached.append(reached)
-        outcome.bytes.append(status["bytes"])
+        outcome.received.append(status["bytes"])
         outcome.responses.append(status["responses"])
         outcome.captures.append([c for reply in fleet.ask("capture") for c in reply])
     return outcome

@@ -56,16 +56,23 @@ def meshpilot_command() -> list[str]:
     return [sys.executable, "-c", "from meshpilot.cli.main import app; app()"]
 
 
+def discovery_command() -> list[str]:
+    """`meshpilot discovery` on its own, so work in progress on other commands cannot stop a
+    benchmark run."""
+    return [sys.executable, "-c",
+            "import typer; from meshpilot.cli.discovery import discovery; typer.run(discovery)"]
+
+
 class MeshpilotServer:
     """`meshpilot discovery` in its own process, on free ports."""
 
     def __init__(self, config_dir: Path, debounce: float, workers: int, log: Path,
-                 rest: bool = False) -> None:
+                 rest: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.xds_port = free_port()
         self.debug_port = free_port()
         self.rest_port = free_port()
         command = [
-            *meshpilot_command(), "discovery", "--config-dir", str(config_dir),
+            *discovery_command(), "--config-dir", str(config_dir),
             "--xds-address", f"127.0.0.1:{self.xds_port}",
             "--debug-address", f"127.0.0.1:{self.debug_port}",
             "--controlz-address", f"127.0.0.1:{free_port()}",
@@ -75,6 +82,7 @@ class MeshpilotServer:
             command += ["--workers", str(workers)]
         if rest:
             command += ["--rest-address", f"127.0.0.1:{self.rest_port}"]
+        command += extra
         self._log = log.open("ab")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.process.pid
@@ -166,6 +174,8 @@ def run_fleet(
     fleet = Fleet(target, args.proxies, args.sim_procs, NAMESPACE, args.xds == "delta")
     try:
         sync = fleet.wait_synced(args.quiet, timeout=600)
+        # What the first proxy holds now is the initial state the floor serves.
+        initial = [c for reply in fleet.ask("capture") for c in reply]
         time.sleep(1.0)
         pss = procstat.pss_bytes(procstat.tree(server_pid))
         summary: dict[str, Any] = {
@@ -174,6 +184,7 @@ def run_fleet(
             "pss_per_proxy_kib": (pss - baseline_pss) / args.proxies / 1024,
             "pss_total_mib": pss / 2**20,
             "idle_cpu": idle_cpu(server_pid, args.idle_seconds),
+            "initial_capture": initial,
         }
         outcomes = {}
         for scenario in args.scenarios:
@@ -203,14 +214,16 @@ def print_table(title: str, summary: dict[str, Any], outcomes: dict[str, Outcome
                 f"{row['responses']:7.0f}")
         if floor and scenario in floor:
             base = floor[scenario].row()
-            line += f"   {row['cpu_s'] / base['cpu_s']:5.2f}x (p99 {row['p99_ms'] / base['p99_ms']:.2f}x)"
+            cpu, p99 = row["cpu_s"] / base["cpu_s"], row["p99_ms"] / base["p99_ms"]
+            line += f"   {cpu:5.2f}x (p99 {p99:.2f}x)"
         print(line)
 
 
 def bench_meshpilot(args: argparse.Namespace, mesh: Mesh, workers: int,
                     log: Path) -> tuple[dict[str, Any], dict[str, Outcome]]:
     root = mesh.root
-    server = MeshpilotServer(root, args.debounce, workers, log)
+    server = MeshpilotServer(root, args.debounce, workers, log,
+                             extra=tuple(args.server_args.split()))
     try:
         server.wait_ready()
         time.sleep(1.0)
@@ -224,9 +237,7 @@ def bench_meshpilot(args: argparse.Namespace, mesh: Mesh, workers: int,
             f"meshpilot --workers {workers}", f"127.0.0.1:{server.xds_port}", server.pid, args,
             changes, baseline,
         )
-        initial = fleet.ask("capture")
         fleet.stop()
-        summary["initial_capture"] = [c for reply in initial for c in reply]
         return summary, outcomes
     finally:
         server.stop()
@@ -289,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--sidecar-visible", type=int, default=0,
                         help="a Sidecar limits every proxy to this many services (0: none)")
+    parser.add_argument("--server-args", default="",
+                        help="more `meshpilot discovery` options, e.g. '--no-analysis'")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -306,24 +319,24 @@ def main(argv: list[str] | None = None) -> None:
           f"{times['eds_ms']:.2f} ms")
 
     results = []
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for workers in [int(w) for w in args.workers.split(",")] if args.proxies else []:
         summary, outcomes = bench_meshpilot(args, mesh, workers, log)
         results.append((workers, summary, outcomes))
         print_table(summary["name"], summary, outcomes)
 
-    if not args.no_reference and args.xds == "sotw":
+    if results and not args.no_reference and args.xds == "sotw":
         workers, summary, outcomes = results[0]
         floor_summary, floor = bench_reference(args, summary["initial_capture"], outcomes)
         print_table(floor_summary["name"], floor_summary, floor)
-        for workers, summary, outcomes in results:
+        for _workers, summary, outcomes in results:
             print_table(f"{summary['name']} relative to the floor", summary, outcomes, floor)
         print(f"   memory per proxy x floor: "
               f"{results[0][1]['pss_per_proxy_kib'] / floor_summary['pss_per_proxy_kib']:.2f}")
 
     if args.envoys:
-        from benchmarks import envoy_run
+        from benchmarks.envoy_run import run as run_envoys
 
-        envoy_run.run(args, workdir)
+        run_envoys(args, mesh, workdir)
     if not args.keep:
         import shutil
 

@@ -20,6 +20,7 @@ the mark, for the reference server to replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing.connection
 import os
 import time
@@ -44,7 +45,9 @@ SHORT = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
 
 _SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 _DELTA = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
-_HCM = "type.googleapis.com/" + http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+_HCM = "type.googleapis.com/" + (
+    http_connection_manager_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+)
 
 
 def _raw(data: bytes) -> bytes:
@@ -113,7 +116,7 @@ class Stats:
     """What one proxy saw since the last mark."""
 
     responses: int = 0
-    bytes: int = 0
+    received: int = 0
     last_ack: float = 0.0
     """time.monotonic() of the last ACK sent (CLOCK_MONOTONIC is system-wide on Linux)."""
     types: dict[str, int] = field(default_factory=dict)
@@ -188,7 +191,7 @@ class SimProxy:
         self.connected = True
         stats = self.stats
         stats.responses += 1
-        stats.bytes += len(raw)
+        stats.received += len(raw)
         if self.delta:
             self._on_delta(discovery_pb2.DeltaDiscoveryResponse.FromString(raw))
         else:
@@ -262,10 +265,8 @@ class WorkerArgs:
 
 def worker_main(conn: multiprocessing.connection.Connection, args: WorkerArgs) -> None:
     """Entry point of a worker process."""
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_worker(conn, args))
-    except KeyboardInterrupt:
-        pass
 
 
 async def _worker(conn: multiprocessing.connection.Connection, args: WorkerArgs) -> None:
@@ -280,7 +281,7 @@ async def _worker(conn: multiprocessing.connection.Connection, args: WorkerArgs)
     loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
     try:
         while True:
-            command, *params = await commands.get()
+            command, *_params = await commands.get()
             if command == "mark":
                 for p in proxies:
                     p.mark()
@@ -288,7 +289,7 @@ async def _worker(conn: multiprocessing.connection.Connection, args: WorkerArgs)
             elif command == "status":
                 conn.send(_status(proxies, tasks))
             elif command == "collect":
-                conn.send([(p.index, p.stats.last_ack, p.stats.responses, p.stats.bytes,
+                conn.send([(p.index, p.stats.last_ack, p.stats.responses, p.stats.received,
                             dict(p.stats.types)) for p in proxies])
             elif command == "capture":
                 conn.send([c for p in proxies for c in p.stats.captured])
@@ -311,7 +312,7 @@ def _status(proxies: list[SimProxy], tasks: list[asyncio.Task[None]]) -> dict[st
         "pid": os.getpid(),
         "connected": sum(p.connected for p in proxies),
         "responses": sum(p.stats.responses for p in proxies),
-        "bytes": sum(p.stats.bytes for p in proxies),
+        "bytes": sum(p.stats.received for p in proxies),
         "acked": sum(p.stats.responses > 0 for p in proxies),
         "last": max((p.stats.last_ack for p in proxies), default=0.0),
         "failed": len(failed),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -24,13 +23,10 @@ from meshpilot.envoy.names import PUSH_ORDER, SHORT_NAMES
 from meshpilot.model import PushRequest
 from meshpilot.xds.connection import END, PUSH, Connection
 from meshpilot.xds.discovery import DiscoveryServer, eds_names_for
+from meshpilot.xds.encoding import delta_response, resource_set, serialize, sotw_response
 from meshpilot.xds.watch import RESPOND, Decision, WatchState, decide
 
 log = logging.getLogger("meshpilot.xds")
-
-
-def _nonce() -> str:
-    return uuid.uuid4().hex[:12]
 
 
 async def _read(requests: AsyncIterator[Any], events: asyncio.Queue[object]) -> None:
@@ -127,6 +123,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         if decision in (Decision.ACK, Decision.RESUBSCRIBE):
             assert state is not None
             _record_ack(state, request.response_nonce, request.version_info)
+            self._history_answer(connection, type_url, request.response_nonce, None)
         if decision not in RESPOND:
             return []
         fresh = state is None or decision is Decision.RECONNECT
@@ -150,27 +147,35 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
 
         `only` limits it to some names (EDS-only pushes: SotW EDS may send a subset).
         """
+        previous = state.sent  # for the push history: what this response changes
         started = time.monotonic()
+        snapshot = self.discovery.snapshot
+        assert snapshot is not None
         names = only if only is not None else (None if state.wildcard else state.names)
         resources = self.discovery.generate(connection.proxy, state.type_url, names)
         if only is not None:
             # SotW EDS may carry a subset: send just the assignments that changed.
-            resources = [r for r in resources if state.sent.get(r.name) != r.version]
-        versions = {r.name: r.version for r in resources}
-        if not force and (not versions if only is not None else versions == state.sent):
-            return None  # unchanged, which includes "never resend what the proxy NACKed"
-        assert self.discovery.snapshot is not None
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=self.discovery.snapshot.version, type_url=state.type_url, nonce=_nonce()
-        )
-        response.resources.extend(r.body for r in resources)
-        if only is None:
-            state.sent = versions
+            changed = [r for r in resources if state.sent.get(r.name) != r.version]
+            if not changed and not force:
+                return None
+            data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, changed)
+            # A new dict: the old one may be a ResourceSet's, shared with other watches.
+            state.sent = {**state.sent, **{r.name: r.version for r in changed}}
         else:
-            state.sent.update(versions)
-        _record_send(state, response.nonce, response.version_info)
+            # Proxies that see the same thing share one ResourceSet: its versions and its
+            # encoded resources are computed once, and "unchanged" is usually an identity test.
+            shared = resource_set(snapshot, resources)
+            if not force and (state.sent is shared.versions or state.sent == shared.versions):
+                return None  # unchanged, which includes "never resend what the proxy NACKed"
+            data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, shared)
+            state.sent = shared.versions
+        _record_send(state, nonce, snapshot.version)
+        self.discovery.push_history.sent_state(
+            connection.proxy.id, connection.id, SHORT_NAMES.get(state.type_url, state.type_url),
+            snapshot.version, nonce, previous, state.sent, partial=only is not None,
+        )
         self.discovery.metrics.sent(state.type_url, time.monotonic() - started)
-        return response
+        return data
 
     def _push(self, connection: Connection) -> list[Any]:
         request = connection.take_pending()
@@ -193,13 +198,27 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                 continue
             only = None
             if not request.full:
-                only = eds_names_for(state.names, request.eds_hosts)
+                only = self._eds_only(state.names, request.eds_hosts)
                 if not only:
                     continue
             response = self._sotw_response(connection, state, only, force=False)
             if response is not None:
                 out.append(response)
         return self._converged(request, out)
+
+    def _eds_only(
+        self, names: frozenset[str], hosts: frozenset[tuple[str, str]]
+    ) -> frozenset[str]:
+        """The subscribed names an endpoint-only push touches, once per push and subscription:
+        parsing every subscribed cluster name for every proxy made EDS pushes O(services) per
+        proxy. (The key's frozensets cache their hashes; equal subscriptions compare once.)"""
+        snapshot = self.discovery.snapshot
+        assert snapshot is not None
+        key = ("eds-only", names, hosts)
+        found: frozenset[str] | None = snapshot.cache.get(key)
+        if found is None:
+            found = snapshot.cache[key] = frozenset(eds_names_for(names, hosts))
+        return found
 
     def _converged(self, request: PushRequest, out: list[Any]) -> list[Any]:
         if out and request.started:
@@ -211,6 +230,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         state = connection.watches.get(type_url)
         if state is not None:
             state.last_error = error
+        self._history_answer(connection, type_url, nonce, error)
         self.discovery.metrics.rejected(type_url)
         log.warning(
             "proxy %s rejected %s (nonce %s): %s",
@@ -219,6 +239,16 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             nonce,
             error,
         )
+
+    def _history_answer(
+        self, connection: Connection, type_url: str, nonce: str, error: str | None
+    ) -> None:
+        """Tell the push history (console/history.py) the proxy's verdict on a response."""
+        history, short = self.discovery.push_history, SHORT_NAMES.get(type_url, type_url)
+        if error is None:
+            history.acked(connection.proxy.id, connection.id, short, nonce)
+        else:
+            history.nacked(connection.proxy.id, connection.id, short, nonce, error)
 
     # Delta ------------------------------------------------------------------------------------
 
@@ -244,6 +274,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             state.sent = dict(request.initial_resource_versions)
         elif request.response_nonce and request.response_nonce == state.nonce_sent:
             _record_ack(state, request.response_nonce, state.version_sent)
+            self._history_answer(connection, type_url, request.response_nonce, None)
         if "*" in subscribe:
             state.wildcard = True
         if "*" in unsubscribe:
@@ -282,21 +313,20 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             removed = sorted(n for n in state.sent if n not in present)
         if not changed and not removed and not force:
             return None
-        assert self.discovery.snapshot is not None
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=self.discovery.snapshot.version,
-            type_url=state.type_url,
-            nonce=_nonce(),
-        )
+        snapshot = self.discovery.snapshot
+        assert snapshot is not None
+        data, nonce = delta_response(snapshot, state.type_url, snapshot.version, changed, removed)
         for r in changed:
-            response.resources.add(name=r.name, version=r.version, resource=r.body)
             state.sent[r.name] = r.version
-        response.removed_resources.extend(removed)
         for name in removed:
             del state.sent[name]
-        _record_send(state, response.nonce, response.system_version_info)
+        _record_send(state, nonce, snapshot.version)
+        self.discovery.push_history.sent(
+            connection.proxy.id, connection.id, SHORT_NAMES.get(state.type_url, state.type_url),
+            snapshot.version, nonce, len(changed), [r.name for r in changed], removed,
+        )
         self.discovery.metrics.sent(state.type_url, time.monotonic() - started)
-        return response
+        return data
 
     def _delta_push(self, connection: Connection, request: PushRequest) -> list[Any]:
         out = []
@@ -308,7 +338,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                 continue
             only = None
             if not request.full:
-                only = eds_names_for(state.names, request.eds_hosts)
+                only = self._eds_only(state.names, request.eds_hosts)
                 if not only:
                     continue
             response = self._delta_response(connection, state, only)
@@ -343,6 +373,26 @@ def _record_ack(state: WatchState, nonce: str, version: str) -> None:
     state.acked_once = True
 
 
+def ads_handler(service: AdsService) -> grpc.GenericRpcHandler:
+    """The ADS methods with a response serializer that writes bytes as they are: responses are
+    assembled pre-serialized (xds/encoding.py); debug answers are still messages."""
+    return grpc.method_handlers_generic_handler(
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                service.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=serialize,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                service.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=serialize,
+            ),
+        },
+    )
+
+
 async def start_grpc_server(
     discovery: DiscoveryServer, address: str
 ) -> tuple[grpc.aio.Server, int]:
@@ -356,7 +406,7 @@ async def start_grpc_server(
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsService(discovery), server)
+    server.add_generic_rpc_handlers((ads_handler(AdsService(discovery)),))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen for xDS on {address}")
