@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import collections
 import json
+import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from meshpilot.console.auth import hash_password, write_credentials
 from meshpilot.demo.mesh import Mesh, example_workloads, http_request
+
+CONSOLE = "127.0.0.1:15016"
 
 
 def main() -> int:
@@ -24,7 +28,12 @@ def main() -> int:
     workloads = example_workloads(mesh)
     client = workloads[0]
     try:
-        mesh.start_discovery()
+        # The console (topology, traffic, push history) with a password made for this run.
+        password = secrets.token_urlsafe(12)
+        credentials = workdir / "console-credentials"
+        write_credentials(credentials, {"admin": hash_password(password)})
+        mesh.start_discovery(["--console-address", CONSOLE,
+                              "--console-credentials", str(credentials)])
         mesh.wait_ready()
         for workload in workloads:
             mesh.start_workload(workload)
@@ -43,6 +52,8 @@ The example mesh is running (config: {mesh.config_dir}, logs: {mesh.log_dir}).
 
 100 requests to reviews through the client's sidecar: {dict(sorted(counts.items()))}
 A request with `end-user: jason` went to: {jason}
+
+Console: http://{CONSOLE}/  (user admin, password {password})
 
 Try:
   .venv/bin/meshpilot proxy-status                   # every sidecar SYNCED?

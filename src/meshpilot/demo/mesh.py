@@ -178,6 +178,10 @@ class Mesh:
         return self._stop(name)
 
     def start_discovery(self, extra: list[str] | None = None) -> None:
+        extra = list(extra or [])
+        if "--console-address" not in extra:
+            # Meshes run side by side in tests: only those that ask for a console get one.
+            extra += ["--console-address", ""]
         self._spawn(
             "discovery",
             [
