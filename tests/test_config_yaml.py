@@ -352,7 +352,8 @@ class TestKinds:
                                                                     "v1beta1")
         assert parse_api_version("v1") == ("", "v1")
         assert lookup("networking.istio.io", "ServiceEntry") in SUPPORTED_KINDS
-        assert lookup("networking.istio.io", "EnvoyFilter") is None
+        assert lookup("networking.istio.io", "EnvoyFilter") in SUPPORTED_KINDS
+        assert lookup("networking.istio.io", "ProxyConfig") is None
         assert identify({"kind": "X", "metadata": {"name": "n"}}) == ConfigKey("X", "default", "n")
         assert identify({"kind": "X", "metadata": {}}) is None
 
