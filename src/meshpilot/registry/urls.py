@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-HOSTLESS_SCHEMES = frozenset({"file"})
-"""Schemes whose URL names a path, not a server (`file:///etc/mesh/instances.yaml`)."""
+HOSTLESS_SCHEMES = frozenset({"file", "kube"})
+"""Schemes whose URL names a path or a kubeconfig, not a server (`file:///etc/mesh/x.yaml`,
+`kube://?kubeconfig=PATH`)."""
 
 
 class RegistryUrlError(ValueError):

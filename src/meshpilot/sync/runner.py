@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpilot.kube.leader import LeaderElector
 from meshpilot.model import PushRequest
 from meshpilot.registry.aggregate import AggregateRegistry
 from meshpilot.registry.plugins import create_registry
@@ -67,7 +68,10 @@ class RegistrySync:
         *,
         workload_entries: bool = False,
         quiet: float = 0.2,
+        elector: LeaderElector | None = None,
     ) -> None:
+        self.elector = elector
+        """With several replicas: only the one holding the Lease writes (see kube.leader)."""
         self._changed = _Changed()
         self.registries = AggregateRegistry([create_registry(u, self._changed) for u in urls])
         self.source = ",".join(urls)
@@ -93,8 +97,21 @@ class RegistrySync:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
+            # Every replica follows the registries, so a new leader starts from a warm view.
             group.create_task(self.registries.run(), name="registries")
-            group.create_task(self._loop(), name="sync")
+            if self.elector is None:
+                group.create_task(self._leading(), name="sync")
+            else:
+                group.create_task(self.elector.run(), name="leader-election")
+                group.create_task(self.elector.while_leading(self._leading), name="sync")
+
+    async def _leading(self) -> None:
+        """The writer's work: sync on every change, and on drift where the target reports it."""
+        watch = getattr(self.target, "watch", None)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._loop(), name="sync-loop")
+            if watch is not None:
+                group.create_task(watch(self._changed.event.set), name="target-watch")
 
     async def wait_synced(self) -> None:
         await self.registries.wait_synced()
