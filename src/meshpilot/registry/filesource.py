@@ -66,24 +66,42 @@ def _instance(service: str, index: int, item: Any, source: str) -> Instance:
     )
 
 
+RECHECK_MS = 1000
+
+
 class FileRegistry(ExternalRegistry):
     def __init__(self, url: RegistryUrl, updater: Updater) -> None:
         super().__init__(url, updater, MappingRules.from_url(url, Protocol.HTTP))
         self.path = Path(url.path)
+        self._loaded: tuple[int, int, int] | None = None
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
     def _load(self) -> None:
+        signature = self._signature()
         try:
             text = self.path.read_text()
         except OSError as error:
             raise RegistryError(f"{self.path}: {error.strerror or error}") from error
         self.catalog.replace_all(parse_instances(text, str(self.path)))
+        self._loaded = signature
         self.synced()
 
     async def watch(self) -> None:
         self._load()
-        async for _ in watchfiles.awatch(self.path.parent, debounce=50, step=20,
-                                         watch_filter=lambda _, p: Path(p) == self.path):
-            self._load()
+        # The watch starts after that first read, so a write in between would go unseen until
+        # the next one: every quiet second the file's stat is compared with what was read.
+        async for changes in watchfiles.awatch(
+            self.path.parent, debounce=50, step=20, rust_timeout=RECHECK_MS,
+            yield_on_timeout=True, watch_filter=lambda _, p: Path(p) == self.path,
+        ):
+            if changes or self._signature() != self._loaded:
+                self._load()
 
 
 def create(url: RegistryUrl, updater: Updater) -> ServiceRegistry:
