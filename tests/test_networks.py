@@ -177,3 +177,20 @@ def test_subscriptions_shared_only_within_a_cluster_and_network() -> None:
 
     assert addresses("east") == ["192.0.2.7"]
     assert addresses("west") == ["198.51.100.7"]
+
+
+def test_remote_weights_are_summed_and_spread_over_the_gateways(runtime: SecurityRuntime) -> None:
+    built = snapshot_of(mesh(["198.51.100.7", "198.51.100.8", "198.51.100.9"]))
+    weighted = [dataclasses.replace(ep, weight=w)
+                for ep, w in zip(built.service_endpoints(HOST, 9080), (1, 2, 3), strict=True)]
+    two_gateways = {"networks": {**NETWORKS["networks"], "net-b": {
+        "endpoints": [{"fromCidr": "198.51.100.0/24"}],
+        "gateways": [{"address": "198.51.100.100", "port": 15443},
+                     {"address": "198.51.100.101", "port": 15443}]}}}
+    snap = dataclasses.replace(built.with_endpoints("v2", {HOST: weighted}),
+                               mesh=MeshConfig.from_user({}, two_gateways),
+                               security=runtime.security, cache={})
+    cla = endpoints.load_assignment(snap, CLUSTER, "default", network="net-a")
+    assert sorted((lb.endpoint.address.socket_address.address, lb.load_balancing_weight.value)
+                  for group in cla.endpoints for lb in group.lb_endpoints) == [
+        ("198.51.100.100", 3), ("198.51.100.101", 3)]
