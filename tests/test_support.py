@@ -32,10 +32,8 @@ def test_unapplied_fields_are_named_with_their_path() -> None:
     ]
     rule = Config(Kind.DESTINATION_RULE, "r", "default", {
         "host": "r",
-        "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"failoverPriority": ["a"]}}}})
-    assert unsupported_fields(rule) == [
-        "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority"
-    ]
+        "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "5s"}}})
+    assert unsupported_fields(rule) == ["spec.trafficPolicy.loadBalancer.warmupDurationSecs"]
 
 
 def test_warned_once_per_version_and_forgotten_on_delete(

@@ -74,7 +74,8 @@ _TLS_SETTINGS = {
 _TRAFFIC_POLICY_SECTIONS = {
     "loadBalancer": {
         "simple": ALL,
-        "localityLbSetting": {"enabled": ALL, "distribute": ALL, "failover": ALL},
+        "localityLbSetting": {"enabled": ALL, "distribute": ALL, "failover": ALL,
+                              "failoverPriority": ALL},
         "consistentHash": {
             "httpHeaderName": ALL, "httpCookie": {"name": ALL, "path": ALL, "ttl": ALL},
             "useSourceIp": ALL, "httpQueryParameterName": ALL,

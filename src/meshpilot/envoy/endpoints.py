@@ -15,7 +15,7 @@ from meshpilot.envoy import locality_lb, mtls, networks
 from meshpilot.envoy.cluster_policies import traffic_policy
 from meshpilot.envoy.names import OUTBOUND, ClusterName
 from meshpilot.envoy.scope import destination_rule_for
-from meshpilot.model import Endpoint, HealthStatus, Locality
+from meshpilot.model import Endpoint, HealthStatus, Locality, Proxy
 from meshpilot.model.snapshot import Snapshot
 
 _HEALTH = {
@@ -50,6 +50,7 @@ def load_assignment(
     labels: Mapping[str, str] | None = None,
     network: str | None = None,
     cluster_id: str | None = None,
+    failover_client: Mapping[str, str] | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment for a cluster name; unknown clusters get an empty one, as Envoy expects.
 
@@ -72,20 +73,32 @@ def load_assignment(
     if network is not None and networks.active(snapshot):
         endpoints = tuple(networks.split_horizon(snapshot, endpoints, network,
                                                  mtls.enabled(snapshot)))
+    policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace, labels)
+    rules = locality_lb.failover_priority(policy) if failover_client is not None else []
+
+    def rank(ep: Endpoint) -> int:
+        """failoverPriority's priority of an endpoint for this client (0 without rules)."""
+        if not rules or failover_client is None:
+            return 0
+        where = locality_lb.topology_labels(ep.labels, networks.network_of(snapshot, ep),
+                                            ep.cluster_id, ep.locality)
+        return locality_lb.label_priority(rules, failover_client, where)
+
     # Groups by locality, and apart for another network's gateways: those come after local
     # endpoints (a lower priority), so a service present here is served here first.
-    by_locality: dict[tuple[Locality, bool], list[Endpoint]] = {}
+    by_locality: dict[tuple[Locality, bool, int], list[Endpoint]] = {}
     for ep in endpoints:
-        by_locality.setdefault((ep.locality, networks.GATEWAY_LABEL in ep.labels), []).append(ep)
-    has_local = any(not remote for _, remote in by_locality)
-    for locality, remote in sorted(by_locality, key=lambda k: (k[1], str(k[0]))):
+        key = (ep.locality, networks.GATEWAY_LABEL in ep.labels, rank(ep))
+        by_locality.setdefault(key, []).append(ep)
+    has_local = any(not remote for _, remote, _ in by_locality)
+    for locality, remote, ranked in sorted(by_locality, key=lambda k: (k[2], k[1], str(k[0]))):
         group = cla.endpoints.add()
-        group.priority = 1 if remote and has_local else 0
+        group.priority = ranked * 2 + (1 if remote and has_local else 0)
         group.locality.region = locality.region
         group.locality.zone = locality.zone
         group.locality.sub_zone = locality.subzone
         total = 0
-        for ep in by_locality[(locality, remote)]:
+        for ep in by_locality[(locality, remote, ranked)]:
             lb = group.lb_endpoints.add()
             lb.endpoint.address.socket_address.address = ep.address
             lb.endpoint.address.socket_address.port_value = ep.port
@@ -97,24 +110,36 @@ def load_assignment(
             total += max(ep.weight, 1)
         group.load_balancing_weight.value = total
     if client is not None:
-        policy = traffic_policy(
-            snapshot, parsed.host, parsed.port, parsed.subset, namespace, labels
-        )
         locality_lb.apply(cla, policy, client)
+    _compact_priorities(cla)
     return cla
 
 
-def client_locality(
-    snapshot: Snapshot,
-    name: str,
-    namespace: str,
-    client: Locality,
-    labels: Mapping[str, str] | None = None,
-) -> Locality | None:
-    """The client's locality when its assignment for `name` depends on it, else None: the
-    part of the EDS cache key that keeps proxies elsewhere from sharing a shaped result."""
+def _compact_priorities(cla: endpoint_pb2.ClusterLoadAssignment) -> None:
+    """Envoy wants priorities without gaps (0, 1, 2…), whatever produced them."""
+    used = sorted({group.priority for group in cla.endpoints})
+    dense = {priority: index for index, priority in enumerate(used)}
+    for group in cla.endpoints:
+        group.priority = dense[group.priority]
+
+
+ClientShape = tuple[Locality | None, frozenset[tuple[str, str]] | None]
+"""What of a client shapes its assignment for one cluster: its locality (locality-aware
+balancing) and its values of the failoverPriority labels; None where the policy ignores them.
+Part of the EDS cache key, so proxies that differ in them never share a shaped result."""
+
+
+def client_shape(snapshot: Snapshot, name: str, proxy: Proxy) -> ClientShape:
     parsed = ClusterName.parse(name)
     if parsed is None or parsed.direction != OUTBOUND:
-        return None
-    policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, namespace, labels)
-    return client if locality_lb.uses_locality(policy) else None
+        return None, None
+    policy = traffic_policy(snapshot, parsed.host, parsed.port, parsed.subset, proxy.namespace,
+                            proxy.labels)
+    locality = proxy.locality if locality_lb.uses_locality(policy) else None
+    rules = locality_lb.failover_priority(policy)
+    if not rules:
+        return locality, None
+    where = locality_lb.topology_labels(proxy.labels, proxy.network, proxy.cluster_id,
+                                        proxy.locality)
+    keys = {rule.partition("=")[0] for rule in rules}
+    return locality, frozenset((k, v) for k, v in where.items() if k in keys)

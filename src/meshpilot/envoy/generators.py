@@ -34,7 +34,7 @@ from meshpilot.envoy import (
 from meshpilot.envoy.names import ClusterName
 from meshpilot.envoy.protos import pack
 from meshpilot.envoy.scope import destination_rule_for, scope_for
-from meshpilot.model import Locality, NodeType, Proxy, PushRequest
+from meshpilot.model import NodeType, Proxy, PushRequest
 from meshpilot.model.snapshot import Snapshot
 
 
@@ -139,13 +139,11 @@ class EndpointGenerator:
                 snapshot,
                 (
                     "eds", name, _subset_rule(snapshot, name, proxy),
-                    locality := endpoints.client_locality(
-                        snapshot, name, proxy.namespace, proxy.locality, proxy.labels
-                    ),
+                    *(shape := endpoints.client_shape(snapshot, name, proxy)),
                     proxy.network if networks.active(snapshot) else None,
                     proxy.cluster_id if _cluster_local(snapshot, name) else None,
                 ),
-                partial(_eds_resource, snapshot, name, proxy, locality),
+                partial(_eds_resource, snapshot, name, proxy, shape),
             )
             for name in sorted(names)
         ]
@@ -263,10 +261,12 @@ def _labels_key(snapshot: Snapshot, proxy: Proxy) -> frozenset[tuple[str, str]] 
 
 
 def _eds_resource(
-    snapshot: Snapshot, name: str, proxy: Proxy, client: Locality | None
+    snapshot: Snapshot, name: str, proxy: Proxy, shape: endpoints.ClientShape
 ) -> Resource:
+    client, failover = shape
     assignment = endpoints.load_assignment(
-        snapshot, name, proxy.namespace, client, proxy.labels, proxy.network, proxy.cluster_id
+        snapshot, name, proxy.namespace, client, proxy.labels, proxy.network, proxy.cluster_id,
+        dict(failover) if failover is not None else None,
     )
     return to_resource(name, assignment)
 

@@ -11,7 +11,16 @@ locality), so the same cluster's assignment differs between proxies in different
 - **distribute**: for a proxy whose locality matches `from`, traffic is split by the
   percentages in `to` (keys may end in `*`); localities matching no key get no traffic.
 
-`enabled: false` turns both off. `failoverPriority` (label-based priorities) is not applied.
+- **failoverPriority**: an ordered list of labels (`key`, or `key=value` to compare with that
+  value instead of the client's). An endpoint matching the client on the first n labels (and
+  not the n+1th) gets priority N-n: matching all is priority 0, matching none is last. Besides
+  workload labels, `topology.istio.io/network`, `topology.istio.io/cluster`,
+  `topology.kubernetes.io/region`, `topology.kubernetes.io/zone` and
+  `topology.istio.io/subzone` mean the endpoint's network, cluster and locality. It takes the
+  place of the locality ordering (a `failover` list beside it is not applied). Like failover,
+  it needs `outlierDetection`.
+
+`enabled: false` turns all of them off.
 """
 
 from __future__ import annotations
@@ -24,6 +33,42 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from meshpilot.model import Locality
 
 Policy = Mapping[str, Any]
+
+
+NETWORK_LABEL = "topology.istio.io/network"
+CLUSTER_LABEL = "topology.istio.io/cluster"
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SUBZONE_LABEL = "topology.istio.io/subzone"
+
+
+def failover_priority(policy: Policy) -> list[str]:
+    """The failoverPriority labels in force under this policy ([] when none apply)."""
+    setting: Policy = (policy.get("loadBalancer") or {}).get("localityLbSetting") or {}
+    if setting.get("enabled") is False or "outlierDetection" not in policy:
+        return []
+    return [str(label) for label in setting.get("failoverPriority") or ()]
+
+
+def topology_labels(labels: Mapping[str, str], network: str, cluster: str,
+                    locality: Locality) -> dict[str, str]:
+    """Labels with the special topology keys filled from where a workload is."""
+    return {**labels, NETWORK_LABEL: network, CLUSTER_LABEL: cluster,
+            REGION_LABEL: locality.region, ZONE_LABEL: locality.zone,
+            SUBZONE_LABEL: locality.subzone}
+
+
+def label_priority(rules: list[str], client: Mapping[str, str],
+                   endpoint: Mapping[str, str]) -> int:
+    """N minus the number of leading rules on which the endpoint matches the client."""
+    matched = 0
+    for rule in rules:
+        key, has_value, value = rule.partition("=")
+        wanted = value if has_value else client.get(key)
+        if wanted is None or endpoint.get(key) != wanted:
+            break
+        matched += 1
+    return len(rules) - matched
 
 
 def uses_locality(policy: Policy) -> bool:
@@ -48,7 +93,7 @@ def apply(cla: endpoint_pb2.ClusterLoadAssignment, policy: Policy, client: Local
         if _matches(str(rule.get("from", "")), client):
             _distribute(cla, rule.get("to") or {})
             return
-    if "outlierDetection" in policy:
+    if "outlierDetection" in policy and not setting.get("failoverPriority"):
         _failover(cla, client, setting.get("failover") or ())
 
 
