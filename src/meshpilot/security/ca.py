@@ -184,24 +184,7 @@ def _create_root(directory: Path, trust_domain: str) -> None:
     ])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + ROOT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        _ca_builder(name, name, key.public_key(), now - BACKDATE, now + ROOT_LIFETIME, None)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
@@ -213,6 +196,32 @@ def _create_root(directory: Path, trust_domain: str) -> None:
     _write(directory / ROOT_CERT, cert_pem, 0o644)
     # The certificate last: its presence is what marks the directory as initialised.
     _write(directory / CA_CERT, cert_pem, 0o644)
+
+
+def _ca_builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+    not_before: datetime.datetime, not_after: datetime.datetime, path_length: int | None,
+) -> x509.CertificateBuilder:
+    """A CA certificate's common part: may sign certificates and CRLs, nothing else."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=False, content_commitment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -262,24 +271,8 @@ def create_intermediate(
         x509.NameAttribute(NameOID.COMMON_NAME, f"meshpilot intermediate CA {name}"),
     ])
     certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(root.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + lifetime, root.certificate.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        _ca_builder(subject, root.certificate.subject, key.public_key(), now - BACKDATE,
+                    min(now + lifetime, root.certificate.not_valid_after_utc), 0)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 root.certificate.public_key()),  # type: ignore[arg-type]
