@@ -183,3 +183,6 @@ def test_aggregate_merges_endpoints_and_reports_conflicts(updater: Recorder) -> 
 def test_unknown_scheme_names_the_available_ones(updater: Recorder) -> None:
     with pytest.raises(RegistryUrlError, match="no registry adapter for 'nosuch'"):
         create_registry("nosuch://h:1", updater)
+    # Even when the address would not suit any scheme: the scheme is what is wrong.
+    with pytest.raises(RegistryUrlError, match="no registry adapter for 'bogus'"):
+        create_registry("bogus://no-port", updater)

@@ -25,8 +25,12 @@ def registered() -> dict[str, EntryPoint]:
 
 def create_registry(text: str, updater: Updater) -> ServiceRegistry:
     """The registry adapter for a URL, or RegistryUrlError naming the schemes available."""
-    url = parse_registry_url(text)
     available = registered()
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if scheme and scheme not in available:  # before the address: its rules are the scheme's
+        known = ", ".join(sorted(available)) or "none installed"
+        raise RegistryUrlError(f"{text!r}: no registry adapter for {scheme!r} ({known})")
+    url = parse_registry_url(text)
     entry = available.get(url.scheme)
     if entry is None:
         known = ", ".join(sorted(available)) or "none installed"
