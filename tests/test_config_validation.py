@@ -125,7 +125,7 @@ VALID_SPECS = {
     "destination rule": (DR, """
         host: reviews.bookinfo.svc.cluster.local
         exportTo: ["."]
-        workloadSelector: {labels: {app: frontend}}
+        workloadSelector: {matchLabels: {app: frontend}}
         trafficPolicy:
           loadBalancer: {simple: LEAST_REQUEST}
           connectionPool: {tcp: {maxConnections: 100}}
@@ -294,6 +294,11 @@ INVALID_SPECS = [
      "spec.routing", "unknown field"),
     # DestinationRule
     (DR, "subsets: []", "spec.host", "host is required"),
+    # Its selector is the shared WorkloadSelector (matchLabels), not networking's (labels).
+    (DR, "host: a\nworkloadSelector: {labels: {app: x}}", "spec.workloadSelector.labels",
+     "unknown field"),
+    (DR, "host: a\nworkloadSelector: {matchLabels: {app: '*'}}",
+     "spec.workloadSelector.matchLabels.app", "wildcard"),
     (DR, "host: 'bad host'", "spec.host", "invalid"),
     (DR, "host: a\nsubsets: [{labels: {v: '1'}}]", "spec.subsets[0].name", "required"),
     (DR, "host: a\nsubsets: [{name: v1}, {name: v1}]", "spec.subsets[1].name",

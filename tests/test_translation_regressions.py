@@ -125,7 +125,7 @@ def test_sidecar_resources_never_narrow_a_router() -> None:
 def test_destination_rule_with_workload_selector_applies_only_to_selected_clients() -> None:
     selective = Config(Kind.DESTINATION_RULE, "canary-clients", "default", {
         "host": REVIEWS,
-        "workloadSelector": {"labels": {"track": "canary"}},
+        "workloadSelector": {"matchLabels": {"track": "canary"}},
         "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
         "subsets": [{"name": "v1", "labels": {"version": "v2"}}],  # v1 means v2 here
     })

@@ -72,7 +72,6 @@ KNOWN_SPEC_FIELDS: Mapping[str, frozenset[str]] = {
 }
 
 _SERVICE_PORT_FIELDS = frozenset({"number", "protocol", "name", "targetPort"})
-_WORKLOAD_SELECTOR_FIELDS = frozenset({"labels"})
 _HTTP_ROUTE_FIELDS = frozenset({
     "name", "match", "route", "redirect", "directResponse", "delegate", "rewrite", "timeout",
     "retries", "fault", "mirror", "mirrors", "mirrorPercent", "mirrorPercentage", "corsPolicy",
@@ -335,11 +334,13 @@ def _check_labels(c: _Checker, value: Any, path: str, *, selector: bool = False)
             c.add(item_path, error)
 
 
-def _check_workload_selector(c: _Checker, value: Any, path: str) -> None:
+def _check_workload_selector(c: _Checker, value: Any, path: str, key: str = "labels") -> None:
+    """`key` is `labels` for networking selectors, `matchLabels` for DestinationRule's (which
+    is the shared istio.type.v1beta1.WorkloadSelector)."""
     selector = c.mapping(value, path)
     if selector is not None:
-        c.known_fields(selector, path, _WORKLOAD_SELECTOR_FIELDS)
-        _check_labels(c, selector.get("labels"), field_path(path, "labels"), selector=True)
+        c.known_fields(selector, path, frozenset({key}))
+        _check_labels(c, selector.get(key), field_path(path, key), selector=True)
 
 
 def _check_export_to(c: _Checker, value: Any, path: str) -> None:
@@ -871,7 +872,8 @@ def validate_destination_rule(spec: Mapping[str, Any]) -> list[Problem]:
     for path, subset in c.mappings(spec.get("subsets"), field_path(base, "subsets")):
         _check_subset(c, subset, path, names)
     _check_export_to(c, spec.get("exportTo"), field_path(base, "exportTo"))
-    _check_workload_selector(c, spec.get("workloadSelector"), field_path(base, "workloadSelector"))
+    _check_workload_selector(c, spec.get("workloadSelector"), field_path(base, "workloadSelector"),
+                             "matchLabels")
     return c.problems
 
 

@@ -88,6 +88,9 @@ def _outbound(
             if svc.resolution == Resolution.DNS
             else cluster_pb2.Cluster.LOGICAL_DNS
         )
+        # As Istio for IPv4 proxies (and as the passthrough's DNS cache): Envoy's default AUTO
+        # prefers IPv6, so a name like `localhost` would resolve to ::1 where nothing listens.
+        cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
         cluster.load_assignment.CopyFrom(_dns_assignment(snapshot, name, svc, port, scope))
     else:
         cluster.type = cluster_pb2.Cluster.EDS

@@ -233,7 +233,7 @@ def _find_destination_rule(
         if not host_matches(host, hostname):
             continue
         selector: Mapping[str, str] = (rule.spec.get("workloadSelector") or {}).get(
-            "labels"
+            "matchLabels"
         ) or {}
         if rule.spec.get("workloadSelector") is not None:
             selected = rule.namespace == namespace and labels is not None and all(
