@@ -125,6 +125,12 @@ SUPPORTED: Mapping[str, Tree] = {
         "tracing": [{"providers": ALL, "randomSamplingPercentage": ALL, "customTags": ALL,
                      "disableSpanReporting": ALL}],
         "accessLogging": [{"providers": ALL, "disabled": ALL}],
+        # Applied to the metrics the console republishes (console/metric_overrides.py);
+        # `reportingInterval` and `match.customMetric` are not.
+        "metrics": [{"providers": ALL, "overrides": [{
+            "match": {"metric": ALL, "mode": ALL}, "disabled": ALL,
+            "tagOverrides": {ANY_KEY: {"operation": ALL, "value": ALL}},
+        }]}],
     },
     Kind.WORKLOAD_GROUP: {
         "metadata": {"labels": ALL, "annotations": ALL},

@@ -1147,7 +1147,31 @@ def validate_telemetry(spec: Mapping[str, Any]) -> list[Problem]:
                                                   field_path(path, "providers")):
             if not c.string(provider.get("name"), field_path(provider_path, "name")):
                 c.add(field_path(provider_path, "name"), "provider name is required")
+    for path, metrics in c.mappings(spec.get("metrics"), "spec.metrics"):
+        for override_path, override in c.mappings(metrics.get("overrides"),
+                                                  field_path(path, "overrides")):
+            match = c.mapping(override.get("match"), field_path(override_path, "match")) or {}
+            match_path = field_path(override_path, "match")
+            c.enum(match.get("metric"), field_path(match_path, "metric"), _TELEMETRY_METRICS)
+            c.enum(match.get("mode"), field_path(match_path, "mode"), _TELEMETRY_MODES)
+            tags = c.mapping(override.get("tagOverrides"),
+                             field_path(override_path, "tagOverrides")) or {}
+            for tag, change in tags.items():
+                tag_path = field_path(field_path(override_path, "tagOverrides"), str(tag))
+                body = c.mapping(change, tag_path) or {}
+                operation = c.enum(body.get("operation"), field_path(tag_path, "operation"),
+                                   ("UPSERT", "REMOVE"))
+                if operation != "REMOVE" and not body.get("value"):
+                    c.add(field_path(tag_path, "value"), "UPSERT needs a value")
     return c.problems
+
+
+_TELEMETRY_METRICS = (
+    "ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE",
+    "TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES",
+    "GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES",
+)
+_TELEMETRY_MODES = ("CLIENT_AND_SERVER", "CLIENT", "SERVER")
 
 
 def validate_workload_group(spec: Mapping[str, Any]) -> list[Problem]:

@@ -19,19 +19,34 @@ against one scrape target, without scraping every sidecar:
 Values are Envoy's own cumulative counters, so `rate()` works as on a sidecar scrape; they drop
 when an Envoy restarts, which Prometheus treats as a counter reset. A proxy that disconnects
 stops being reported.
+
+Telemetry `metrics` overrides (disable a metric, remove or set a label) apply to the rows of
+the proxies they select: see `console/metric_overrides.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from meshpilot.console.graph import inbound_services
+from meshpilot.console.metric_overrides import (
+    CLIENT,
+    REQUEST_COUNT,
+    REQUEST_DURATION,
+    SERVER,
+    TCP_OPENED,
+    ProxyRules,
+    Row,
+)
 from meshpilot.console.stats import ClusterSample, StatsCollector
 from meshpilot.envoy.names import INBOUND, OUTBOUND, ClusterName
+from meshpilot.model import Proxy
+from meshpilot.model.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from meshpilot.xds.discovery import DiscoveryServer
@@ -55,10 +70,9 @@ class MeshTrafficMetrics(Collector):
     def unregister(self) -> None:
         self.server.metrics.registry.unregister(self)
 
-    def _rows(self) -> Iterator[tuple[list[str], ClusterSample]]:
-        snapshot = self.server.snapshot
-        if snapshot is None:
-            return
+    def _rows(self, snapshot: Snapshot) -> Iterator[tuple[Proxy, str, Row, list[str],
+                                                          ClusterSample]]:
+        """(proxy, mode, row, label values, sample) of every cluster with traffic."""
         proxies = {c.proxy.id: c.proxy for c in list(self.server.connections.values())}
         for proxy_id, proxy in sorted(proxies.items()):
             clusters = self.stats.latest(proxy_id)
@@ -70,10 +84,11 @@ class MeshTrafficMetrics(Collector):
                 parsed = ClusterName.parse(name)
                 if parsed is None:
                     continue
+                row = Row(parsed.port, name)
                 if parsed.direction == OUTBOUND:
                     svc = snapshot.services.get(parsed.host)
                     namespace = svc.namespace if svc is not None else UNKNOWN
-                    yield [
+                    yield proxy, CLIENT, row, [
                         "source", workload, proxy.namespace, parsed.host,
                         parsed.host.split(".", 1)[0], namespace, UNKNOWN, UNKNOWN,
                         parsed.subset or UNKNOWN,
@@ -83,7 +98,7 @@ class MeshTrafficMetrics(Collector):
                         inbound = inbound_services(snapshot, proxy)
                     for sid in inbound.get(parsed.port, ()):
                         namespace, _, host = sid.removeprefix("svc:").partition("/")
-                        yield [
+                        yield proxy, SERVER, row, [
                             "destination", UNKNOWN, UNKNOWN, host, host.split(".", 1)[0],
                             namespace, workload, proxy.namespace,
                             proxy.labels.get("version", UNKNOWN),
@@ -92,23 +107,59 @@ class MeshTrafficMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "istio_requests_total", "Requests, from the Envoys' cluster stats (Istio's "
-            "standard metric, republished by meshpilot's console).", labels=[*LABELS,
-                                                                             "response_code"])
+            "standard metric, republished by meshpilot's console).")
         duration = HistogramMetricFamily(
             "istio_request_duration_milliseconds", "Request duration in milliseconds, from the "
-            "Envoys' upstream_rq_time histograms.", labels=list(LABELS))
+            "Envoys' upstream_rq_time histograms.")
         tcp = CounterMetricFamily(
             "istio_tcp_connections_opened_total", "TCP connections opened, from the Envoys' "
-            "upstream_cx_total.", labels=list(LABELS))
-        for labels, sample in self._rows():
-            for code, count in sorted(sample.codes.items()):
-                requests.add_metric([*labels, code], count)
+            "upstream_cx_total.")
+        snapshot = self.server.snapshot
+        if snapshot is None:
+            yield from (requests, duration, tcp)
+            return
+        # Telemetry overrides may remove labels, making rows alike: those are summed, as one
+        # Envoy counter with those tags would be.
+        counts: dict[tuple[str, Labels], float] = {}
+        buckets: dict[Labels, dict[float, float]] = {}
+        rules = ProxyRules(snapshot)
+        for proxy, mode, row, values, sample in self._rows(snapshot):
+            labels = dict(zip(LABELS, values, strict=True))
+            if sample.codes:
+                rule = rules.rule(proxy, REQUEST_COUNT, mode)
+                for code, count in sorted(sample.codes.items()):
+                    out = rule.labels({**labels, "response_code": code}, row)
+                    if out is not None:
+                        key = (REQUEST_COUNT, _key(out))
+                        counts[key] = counts.get(key, 0.0) + count
             if sample.buckets:
-                buckets = [(str(float(b)), float(n)) for b, n in sample.buckets]
-                buckets.append(("+Inf", float(max(sample.buckets[-1][1], 0))))
-                duration.add_metric(labels, buckets, sum_value=None)
+                out = rules.rule(proxy, REQUEST_DURATION, mode).labels(labels, row)
+                if out is not None:
+                    summed = buckets.setdefault(_key(out), {})
+                    for bound, n in sample.buckets:
+                        summed[float(bound)] = summed.get(float(bound), 0.0) + n
+                    inf = max(sample.buckets[-1][1], 0)
+                    summed[math.inf] = summed.get(math.inf, 0.0) + inf
             if not sample.requests and sample.connections:
-                tcp.add_metric(labels, sample.connections)
+                out = rules.rule(proxy, TCP_OPENED, mode).labels(labels, row)
+                if out is not None:
+                    tcp_key = (TCP_OPENED, _key(out))
+                    counts[tcp_key] = counts.get(tcp_key, 0.0) + sample.connections
+        families = {REQUEST_COUNT: requests, TCP_OPENED: tcp}
+        for (name, labelled), value in counts.items():
+            families[name].add_sample(name, dict(labelled), value)
+        for labelled, by_bound in buckets.items():
+            for bound, total in sorted(by_bound.items()):
+                le = "+Inf" if bound == math.inf else str(bound)
+                duration.add_sample(f"{REQUEST_DURATION}_bucket", {**dict(labelled), "le": le},
+                                    total)
         yield requests
         yield duration
         yield tcp
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _key(labels: Mapping[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))  # rows alike whatever order overrides added tags in

@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from meshpilot.console import api
+from meshpilot.console import api, smi
 from meshpilot.console.auth import (
     Credentials,
     LoginLimiter,
@@ -103,6 +103,7 @@ class Console:
     async def stop(self) -> None:
         if self.metrics is not None:
             self.metrics.unregister()
+            smi.detach(self.metrics.server)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -413,6 +414,7 @@ async def start_console(
     console = Console(runner, bound, stats, credentials, state.sessions, state.limiter)
     console.metrics = MeshTrafficMetrics(server, stats)
     console.metrics.register()
+    smi.attach(server, stats)  # the SMI Traffic Metrics API on the debug address reads it
     if collect:
         console.tasks.append(asyncio.create_task(stats.run(), name="console-stats"))
     return console

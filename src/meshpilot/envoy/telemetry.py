@@ -91,6 +91,12 @@ def for_proxy(snapshot: Snapshot, proxy: Proxy) -> ProxyTelemetry:
     return found
 
 
+def applicable(snapshot: Snapshot, proxy: Proxy) -> list[Config]:
+    """The Telemetry resources that apply to a proxy, most specific first (the console's
+    metrics overrides select by the same rules)."""
+    return _selected(snapshot, proxy)
+
+
 def _selected(snapshot: Snapshot, proxy: Proxy) -> list[Config]:
     """Applicable Telemetry resources, most specific first."""
     workload, namespace, root = [], [], []
