@@ -25,7 +25,8 @@ def test_catalog_holds_every_istio_code_with_its_level_and_template() -> None:
         assert (loaded.name, loaded.level.label, loaded.template) == (
             entry["name"], entry["level"], entry["template"])
     assert {m.code for m in CATALOG if m.code.startswith("MP")} == {
-        "MP0001", "MP0002", "MP0003", "MP0004", "MP0005", "MP0006"}
+        "MP0001", "MP0002", "MP0003", "MP0004", "MP0005", "MP0006", "MP0007", "MP0008",
+        "MP0009", "MP0010"}
 
 
 def test_unknown_message_names_fail_loudly() -> None:

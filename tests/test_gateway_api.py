@@ -89,7 +89,7 @@ spec:
     assert "parent Gateway default/nowhere not found" in error.message
     assert store.route_status["HTTPRoute default/lost"] == [
         {"parent": "nowhere", "type": "Accepted", "status": "False",
-         "reason": "NoMatchingParent"}]
+         "reason": "NoMatchingParent", "message": "parent Gateway default/nowhere not found"}]
 
 
 def test_foreign_objects_are_hidden_from_istio_kinds(tmp_path: Path) -> None:

@@ -136,3 +136,25 @@ spec:
     assert "HTTPRouteGroup default/nowhere not found" in error.message
     assert error.line == 8
     assert store.list(Kind.VIRTUAL_SERVICE) == []
+
+
+def test_udp_route_is_rejected_naming_file_line_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "udp.yaml").write_text("""\
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: fine, namespace: default}
+spec: {matches: [{name: all, pathRegex: ".*"}]}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: UDPRoute
+metadata: {name: dns, namespace: default}
+spec:
+  matches: {ports: [53]}
+""")
+    store = load(tmp_path)
+    (error,) = store.errors()
+    assert str(error).startswith(f"{tmp_path / 'udp.yaml'}:6: ")
+    assert "UDPRoute is not supported: meshpilot's Envoy sidecars have no UDP proxying" in (
+        error.message)
+    assert error.key is not None and (error.key.kind, error.key.name) == ("UDPRoute", "dns")
+    assert store.list(Kind.VIRTUAL_SERVICE) == []

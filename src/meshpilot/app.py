@@ -63,7 +63,8 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
     sources = [config_source(url) for url in settings.config_sources]
     combined: ConfigStore = CompositeStore([files, *sources]) if sources else files
     # SMI and Gateway API objects are served as the Istio config they translate to.
-    store: ConfigStore = TranslatingStore(combined)
+    translating = TranslatingStore(combined)
+    store: ConfigStore = translating
     aggregate = AggregateRegistry()
     discovery = DiscoveryServer(store, aggregate, settings.debounce)
     if settings.mesh_config is not None or settings.mesh_networks is not None:
@@ -71,8 +72,10 @@ def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
             str(settings.mesh_config) if settings.mesh_config else None,
             str(settings.mesh_networks) if settings.mesh_networks else None,
         )
+    trust_domain = settings.trust_domain or discovery.mesh.trust_domain
+    translating.set_trust_domain(trust_domain)  # SMI TrafficTarget principals
     runtime = SecurityRuntime.create(
-        discovery, settings.trust_domain or discovery.mesh.trust_domain, settings.ca_dir,
+        discovery, trust_domain, settings.ca_dir,
         datetime.timedelta(seconds=settings.cert_ttl),
     )
     discovery.security, discovery.security_runtime = runtime.security, runtime

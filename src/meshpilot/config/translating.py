@@ -29,8 +29,10 @@ def is_foreign(config: Config) -> bool:
 
 
 class TranslatingStore:
-    def __init__(self, inner: ConfigStore) -> None:
+    def __init__(self, inner: ConfigStore, trust_domain: str = "cluster.local") -> None:
         self.inner = inner
+        self.trust_domain = trust_domain
+        """For the principals of SMI TrafficTarget sources."""
         self._handlers: list[ConfigHandler] = []
         self._derived: dict[ConfigKey, Config] = {}
         self._errors: list[ConfigError] = []
@@ -72,6 +74,12 @@ class TranslatingStore:
     async def run(self) -> None:
         await self.inner.run()
 
+    def set_trust_domain(self, trust_domain: str) -> None:
+        """The mesh's trust domain is known only once MeshConfig and flags are read."""
+        if trust_domain != self.trust_domain:
+            self.trust_domain = trust_domain
+            self._translate()
+
     def status(self) -> dict[str, Any]:
         return {"routes": dict(self.route_status), "derived": sorted(map(str, self._derived))}
 
@@ -85,7 +93,7 @@ class TranslatingStore:
     def _translate(self) -> None:
         foreign = [c for c in self.inner.all() if is_foreign(c)]
         result = Translation()
-        smi.translate(foreign, result)
+        smi.translate(foreign, result, self.trust_domain)
         gateway_api.translate(foreign, result)
         wanted = {c.key: c for c in result.configs}
         before, self._derived = self._derived, wanted

@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshpilot.agent.node import SERVICE_ACCOUNT
 from meshpilot.analysis.live import server_inputs
 from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.debug import syncz
 from meshpilot.debug.configdump import config_dump_json
+from meshpilot.debug.routestatus import route_status
 from meshpilot.envoy import networks
 from meshpilot.envoy.names import SHORT_NAMES
 from meshpilot.xds.connection import Connection
@@ -142,6 +144,7 @@ def adsz(server: DiscoveryServer, _: Params) -> Any:
                 "network": c.proxy.network,
                 "locality": str(c.proxy.locality),
                 "adminAddress": c.proxy.admin_address,
+                "serviceAccount": str(c.proxy.metadata.get(SERVICE_ACCOUNT) or ""),
                 "pushes": c.pushes,
                 "watches": {
                     SHORT_NAMES.get(t, t): sorted(s.names) if not s.wildcard else ["*"]
@@ -164,6 +167,14 @@ def registryz(server: DiscoveryServer, _: Params) -> Any:
         "conflicts": list(getattr(server.registry, "conflicts", list)()),
         # How networks meet (meshNetworks): describe explains cross-network paths with it.
         "meshNetworks": dict(snapshot.mesh.networks),
+        # Whether workloads get certificates, and of which trust domain: describe decides
+        # identities and mTLS modes with it.
+        "security": None
+        if snapshot.security is None
+        else {
+            "trustDomain": snapshot.security.trust_domain,
+            "certificates": snapshot.security.certificates is not None,
+        },
         "services": [
             {
                 "hostname": s.hostname,
@@ -185,6 +196,7 @@ def registryz(server: DiscoveryServer, _: Params) -> Any:
                         "health": e.health,
                         "workload": e.workload_name,
                         "namespace": e.namespace,
+                        "serviceAccount": e.service_account,
                         "clusterId": e.cluster_id,
                         "network": networks.network_of(snapshot, e),
                         "locality": str(e.locality),
@@ -229,6 +241,11 @@ def push_status(server: DiscoveryServer, _: Params) -> Any:
     }
 
 
+def routestatus(server: DiscoveryServer, _: Params) -> Any:
+    # Only a TranslatingStore (foreign APIs) has route status; other stores have no routes.
+    return route_status(getattr(server.store, "route_status", {}))
+
+
 def debug_list(_: DiscoveryServer, __: Params) -> Any:
     return {path: description for path, description in DESCRIPTIONS.items()}
 
@@ -247,6 +264,10 @@ TOPICS: dict[str, tuple[Topic, str]] = {
         "the Envoy config the server would send a proxy now (?proxyID=<node id>)",
     ),
     "/debug/adsz": (adsz, "connected proxies and their subscriptions"),
+    "/debug/routestatus": (
+        routestatus,
+        "Gateway API routes' status.parents[].conditions (Accepted, ResolvedRefs) per route",
+    ),
     "/debug/registryz": (registryz, "services and endpoints by registry"),
     "/debug/push_status": (push_status, "the last push and a summary of proxy sync states"),
     "/debug/analyze": (

@@ -58,6 +58,7 @@ from meshpilot.envoy.jwt import FILTER as JWT_FILTER
 from meshpilot.envoy.jwt import PAYLOAD_KEY, jwt_filter
 from meshpilot.model import Config, Proxy
 from meshpilot.model.snapshot import Snapshot
+from meshpilot.security.identity import proxy_identity
 from meshpilot.security.policies import authorization_policies
 
 log = logging.getLogger("meshpilot.envoy")
@@ -120,7 +121,8 @@ def _filters(
 ) -> list[tuple[str, rbac_pb2.RBAC | None, rbac_pb2.RBAC | None, str]]:
     """(name, enforced rules, dry-run rules, dry-run stat prefix) per action present."""
     by_action: dict[str, list[Config]] = {}
-    for policy in authorization_policies(snapshot, proxy.namespace, proxy.labels):
+    account = proxy_identity(snapshot, proxy).service_account
+    for policy in authorization_policies(snapshot, proxy.namespace, proxy.labels, account):
         by_action.setdefault(action(policy), []).append(policy)
     out = []
     for name in _ORDER:

@@ -9,7 +9,8 @@
 * **AuthorizationPolicy** and **RequestAuthentication**: every policy applies that is in the
   root namespace (to every workload, or those its selector matches, in any namespace), or in
   the workload's namespace without a selector or with a matching one. They are combined, not
-  ranked.
+  ranked. A policy derived from an SMI TrafficTarget selects by service account instead
+  (`SERVICE_ACCOUNT_ANNOTATION`), which Istio's label selector cannot express.
 
 Results are memoised per snapshot by (namespace, labels).
 """
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshpilot.config.foreign.smi_access import SERVICE_ACCOUNT_ANNOTATION
 from meshpilot.envoy.scope import ROOT_NAMESPACE
 from meshpilot.model import Config
 from meshpilot.model.snapshot import Snapshot
@@ -97,21 +99,26 @@ def _mode(setting: Any, inherited: str) -> str:
     return inherited if mode == UNSET else mode
 
 
-def _applies(config: Config, namespace: str, labels: Mapping[str, str]) -> bool:
+def _applies(config: Config, namespace: str, labels: Mapping[str, str],
+             service_account: str = "") -> bool:
     if config.namespace not in (namespace, ROOT_NAMESPACE):
         return False
+    account = config.annotations.get(SERVICE_ACCOUNT_ANNOTATION)
+    if account is not None:
+        return config.namespace == namespace and account == service_account
     selector = _selector(config)
     return selector is None or _matches(selector, labels)
 
 
 def authorization_policies(
-    snapshot: Snapshot, namespace: str, labels: Mapping[str, str]
+    snapshot: Snapshot, namespace: str, labels: Mapping[str, str], service_account: str = ""
 ) -> tuple[Config, ...]:
-    key = ("authz-policies", namespace, _labels_key(labels))
+    key = ("authz-policies", namespace, _labels_key(labels), service_account)
     found: tuple[Config, ...] | None = snapshot.cache.get(key)
     if found is None:
         found = snapshot.cache[key] = tuple(
-            p for p in snapshot.authorization_policies if _applies(p, namespace, labels)
+            p for p in snapshot.authorization_policies
+            if _applies(p, namespace, labels, service_account)
         )
     return found
 

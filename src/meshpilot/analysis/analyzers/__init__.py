@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from meshpilot.analysis.analyzer import Analyzer
 from meshpilot.analysis.analyzers import (
     annotations,
+    apiversions,
     applicationuid,
     authn,
     authz,
@@ -20,6 +21,7 @@ from meshpilot.analysis.analyzers import (
     envoyfilter,
     externalcontrolplane,
     gateway,
+    gatewayapi,
     injection,
     k8sgateway,
     maturity,
@@ -29,6 +31,7 @@ from meshpilot.analysis.analyzers import (
     service,
     serviceentry,
     sidecar,
+    smi,
     telemetry,
     virtualservice,
     webhook,
@@ -36,6 +39,7 @@ from meshpilot.analysis.analyzers import (
 
 ALL: tuple[Analyzer, ...] = (
     annotations.K8sAnalyzer(),
+    apiversions.APIVersionAnalyzer(),
     applicationuid.Analyzer(),
     authn.BlockedCIDRsAnalyzer(),
     authz.AuthorizationPoliciesAnalyzer(),
@@ -50,6 +54,7 @@ ALL: tuple[Analyzer, ...] = (
     gateway.SecretAnalyzer(),
     gateway.ConflictingGatewayAnalyzer(),
     gateway.CertificateAnalyzer(),
+    gatewayapi.GatewayAPIReferenceAnalyzer(),
     injection.Analyzer(),
     injection.ImageAnalyzer(),
     k8sgateway.SelectorAnalyzer(),
@@ -65,6 +70,8 @@ ALL: tuple[Analyzer, ...] = (
     serviceentry.Analyzer(),
     serviceentry.ConflictingServiceEntryProtocolAnalyzer(),
     sidecar.SelectorAnalyzer(),
+    smi.SMIReferenceAnalyzer(),
+    smi.SMITrafficSplitWeightAnalyzer(),
     telemetry.ProviderAnalyzer(),
     telemetry.SelectorAnalyzer(),
     telemetry.DefaultSelectorAnalyzer(),

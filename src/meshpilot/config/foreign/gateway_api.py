@@ -13,7 +13,8 @@ HTTP rules map match for match: path (Exact, PathPrefix, RegularExpression), hea
 parameters (Exact, RegularExpression), method; backendRefs with weights (default 1); filters
 RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror;
 `timeouts.request`. GRPCRoute methods become exact paths `/<service>/<method>`. Each route's
-status is kept per parent (Accepted, ResolvedRefs) for the debug endpoint.
+status is kept per parent (Accepted, ResolvedRefs, with Gateway API's reasons and the problem
+as message) for `/debug/routestatus`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshpilot.config.foreign.common import Translation, derived, service_host
-from meshpilot.model import Config, Kind
+from meshpilot.model import Config, ConfigError, Kind
 
 GROUP = "gateway.networking.k8s.io"
 GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -79,18 +80,21 @@ def _route(route: Config, gateways: Mapping[tuple[str, str], Config], out: Trans
             vs = _virtual_service(route, [host], ["mesh"], out)
         elif kind == "Gateway":
             if (namespace, name) not in gateways:
-                out.error(route, f"parent Gateway {namespace}/{name} not found", where)
-                conditions.append(_condition(name, "Accepted", "False", "NoMatchingParent"))
+                message = f"parent Gateway {namespace}/{name} not found"
+                out.error(route, message, where)
+                conditions.append(_condition(name, "Accepted", "False", "NoMatchingParent",
+                                             message))
                 continue
             hosts = [str(h) for h in route.spec.get("hostnames") or ()] or ["*"]
             vs = _virtual_service(route, hosts, [f"{namespace}/{_gateway_name(namespace, name)}"],
                                   out)
         else:
-            out.error(route, f"parentRef kind {kind!r} is not supported", f"{where}.kind")
-            conditions.append(_condition(name, "Accepted", "False", "InvalidKind"))
+            message = f"parentRef kind {kind!r} is not supported"
+            out.error(route, message, f"{where}.kind")
+            conditions.append(_condition(name, "Accepted", "False", "InvalidKind", message))
             continue
         if vs is None:
-            conditions.append(_condition(name, "ResolvedRefs", "False", "InvalidRoute"))
+            conditions.extend(_rejected(name, out.errors[-1] if out.errors else None))
             continue
         suffix = f"-{index}" if len(route.spec.get("parentRefs") or ()) > 1 else ""
         out.configs.append(derived(Kind.VIRTUAL_SERVICE,
@@ -99,8 +103,25 @@ def _route(route: Config, gateways: Mapping[tuple[str, str], Config], out: Trans
         conditions.append(_condition(name, "ResolvedRefs", "True", "ResolvedRefs"))
 
 
-def _condition(parent: str, kind: str, status: str, reason: str) -> dict[str, str]:
-    return {"parent": parent, "type": kind, "status": status, "reason": reason}
+def _condition(parent: str, kind: str, status: str, reason: str, message: str = ""
+               ) -> dict[str, str]:
+    condition = {"parent": parent, "type": kind, "status": status, "reason": reason}
+    if message:
+        condition["message"] = message
+    return condition
+
+
+def _rejected(parent: str, error: ConfigError | None) -> list[dict[str, str]]:
+    """Conditions of a route left out for a parent, by the field its translation failed at:
+    a backend of a kind other than Service is a reference that cannot resolve (Gateway API's
+    InvalidKind); anything else (a filter, a rule without backends) is a value meshpilot does
+    not support. Either way the route is not programmed, so it is not Accepted."""
+    message = error.message if error is not None else ""
+    if error is not None and ".backendRefs[" in error.field:
+        return [_condition(parent, "Accepted", "False", "UnsupportedValue", message),
+                _condition(parent, "ResolvedRefs", "False", "InvalidKind", message)]
+    return [_condition(parent, "Accepted", "False", "UnsupportedValue", message),
+            _condition(parent, "ResolvedRefs", "True", "ResolvedRefs")]
 
 
 def _virtual_service(

@@ -8,8 +8,8 @@ root service unchanged, as SMI specifies. Services are Kubernetes-style names in
 TrafficSplit's namespace (`website` → `website.<ns>.svc.cluster.local`) or any full host a
 registry publishes.
 
-UDPRoute is accepted and reported as not routable (meshpilot's proxies carry no UDP).
-TrafficTarget (access control) is accepted and reported as not yet applied.
+A UDPRoute is rejected with its file and line: meshpilot's Envoy sidecars proxy no UDP.
+TrafficTargets (access control) become AuthorizationPolicies (`smi_access.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshpilot.config.foreign import smi_access
 from meshpilot.config.foreign.common import Translation, derived, service_host
 from meshpilot.model import Config, Kind
 
@@ -41,7 +42,8 @@ def weight(value: Any) -> int | None:
     return None
 
 
-def translate(configs: Sequence[Config], out: Translation) -> None:
+def translate(configs: Sequence[Config], out: Translation,
+              trust_domain: str = "cluster.local") -> None:
     groups = {(c.namespace, c.name): c for c in configs
               if c.kind == "HTTPRouteGroup" and c.group == SPECS_GROUP}
     tcp_routes = {(c.namespace, c.name): c for c in configs
@@ -52,11 +54,10 @@ def translate(configs: Sequence[Config], out: Translation) -> None:
         if config.kind == "TrafficSplit":
             _split(config, groups, tcp_routes, out)
         elif config.kind == "UDPRoute":
-            out.error(config, "UDPRoute is accepted but not routed: meshpilot's proxies carry "
-                              "no UDP")
+            out.error(config, "UDPRoute is not supported: meshpilot's Envoy sidecars have no "
+                              "UDP proxying, so no traffic would follow it")
         elif config.kind == "TrafficTarget":
-            out.error(config, "TrafficTarget is accepted but not yet applied; use an "
-                              "AuthorizationPolicy")
+            smi_access.translate(config, groups, tcp_routes, trust_domain, out)
 
 
 def _split(
