@@ -218,6 +218,10 @@ async def test_proxy_config_from_a_saved_dump(xds: Harness, tmp_path: Path) -> N
             "2026-11-26T02:36:11Z",
         ],
     ]
+    # JSON is Envoy's secrets section itself, as istioctl prints it.
+    secrets_json = json.loads(ok(await cli("pc", "secret", *f, "-o", "json")))
+    assert [s["name"] for s in secrets_json["dynamic_active_secrets"]] == ["default"]
+    assert "@type" not in secrets_json
 
     as_json = json.loads(ok(await cli("pc", "cluster", *f, "--fqdn", REVIEWS, "-o", "json")))
     assert [c["name"] for c in as_json] == [

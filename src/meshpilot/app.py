@@ -36,6 +36,7 @@ from meshpilot.security.runtime import SecurityRuntime
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DiscoveryServer
 from meshpilot.xds.rest import start_rest_server
+from meshpilot.xds.secure import SecureServer, start_secure
 from meshpilot.xds.server import start_grpc_server
 
 log = logging.getLogger("meshpilot")
@@ -56,6 +57,8 @@ class Running:
     rest_port: int = 0
     console: Console | None = None
     """The mesh console (`--console-address`), unless turned off or its port was taken."""
+    secure: SecureServer | None = None
+    """The secure xDS and CA ports (`--ca-dir`)."""
 
 
 def build_discovery(settings: DiscoverySettings) -> DiscoveryServer:
@@ -107,6 +110,7 @@ async def start(settings: DiscoverySettings, discovery: DiscoveryServer) -> Runn
         if server is not None and server.sockets:
             debug_port = server.sockets[0].getsockname()[1]
     running = Running(discovery, grpc_server, xds_port, http, debug_port)
+    running.secure = await start_secure(settings, discovery)
     if settings.rest_address:
         host, port = _split(settings.rest_address)
         running.rest, running.rest_port = await start_rest_server(
@@ -130,6 +134,8 @@ async def start(settings: DiscoverySettings, discovery: DiscoveryServer) -> Runn
 
 async def stop(running: Running) -> None:
     await running.grpc_server.stop(grace=1.0)
+    if running.secure is not None:
+        await running.secure.server.stop(grace=1.0)
     await running.http.cleanup()
     if running.controlz is not None:
         await running.controlz.cleanup()

@@ -37,12 +37,18 @@ class DiscoverySettings:
     """SPIFFE trust domain of workload identities; '' takes MeshConfig's `trustDomain`."""
     cert_ttl: float = 24 * 3600.0
     """Lifetime of workload certificates in seconds; they rotate at half of it."""
+    secure_xds_address: str = "127.0.0.1:15012"
+    """With `ca_dir`: the mutual-TLS xDS port (xds/secure.py); '' serves none."""
+    ca_address: str = "127.0.0.1:15013"
+    """With `ca_dir`: the TLS port for token-proven certificate requests; '' serves none."""
     config_sources: tuple[str, ...] = ()
-    """Config sources beside the files: MCP-over-xDS servers (`xds://HOST:PORT`) and
-    Kubernetes API servers (`kube://?kubeconfig=PATH`), see config/sources.py."""
+    """Config sources beside the files: MCP-over-xDS servers (`xds://HOST:PORT`),
+    Kubernetes API servers (`kube://?kubeconfig=PATH`) and etcd (`etcd://HOST:PORT?prefix=P`),
+    see config/sources.py."""
     replicas_lease: str = ""
-    """Leader election among replicas (`kube://?…&namespace=NS&name=LEASE`): only the leader
-    writes status; '' makes this server its own leader (see kube/replicas.py)."""
+    """Leader election among replicas (`kube://?…&namespace=NS&name=LEASE` or
+    `etcd://HOST:PORT?key=KEY`): only the leader writes status; '' makes this server its own
+    leader (see kube/replicas.py)."""
     write_status: bool = True
     """Write validation and analysis results into the status of Kubernetes config objects."""
     registries: tuple[str, ...] = ()
@@ -56,6 +62,8 @@ class DiscoverySettings:
     rest_address: str = ""
     """Where REST-JSON xDS (`POST /v3/discovery:<type>`, Envoy's `api_type: REST`) listens;
     '' serves none (see xds/rest.py)."""
+    workers: int = 1
+    """Processes serving xDS on the one port (SO_REUSEPORT); see workers.py."""
     rest_xds_cluster: str = "xds-grpc"
     """The cluster REST clients reach this server through: resources sent over REST point
     their EDS and RDS config sources at it."""

@@ -10,7 +10,9 @@ It is an aiohttp app written from the Kubernetes API documentation ("API Concept
   meshpilot admits) served at `v1`, `v1beta1` and `v1alpha3` from one stored object (the CRDs'
   `conversion: None`), each with a status subresource; likewise `security.istio.io`
   (PeerAuthentication, AuthorizationPolicy, RequestAuthentication at `v1`, `v1beta1`) and
-  `telemetry.istio.io` Telemetry (`v1`, `v1alpha1`). Objects in a namespace that does not
+  `telemetry.istio.io` Telemetry (`v1`, `v1alpha1`); the SMI kinds (`split.`, `specs.`,
+  `access.smi-spec.io`, `v1alpha1`…`v1alpha4`) and the Gateway API's HTTPRoute, GRPCRoute,
+  TCPRoute and Gateway, at the versions meshpilot admits. Objects in a namespace that does not
   exist are refused with 404; deleting a namespace deletes what it holds.
 - **Object metadata**: `uid`, `creationTimestamp`, `resourceVersion` from one cluster-wide
   counter (etcd's revision), `generation` bumped on spec changes only, `managedFields`.
@@ -80,6 +82,7 @@ ISTIO_KINDS = (
     "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "VirtualService", "DestinationRule",
     "Gateway", "Sidecar",
 )
+SMI_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -104,6 +107,12 @@ class ResourceType:
     custom: bool = False
     """A custom resource (list items carry kind and apiVersion; no strategic merge patch)."""
 
+    @property
+    def key(self) -> str:
+        """Where its objects are kept: the plural alone is not unique (`gateways` of Istio and
+        of the Gateway API, `tcproutes` of SMI and of the Gateway API)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
     def api_version(self, version: str | None = None) -> str:
         version = version or self.versions[0]
         return f"{self.group}/{version}" if self.group else version
@@ -122,6 +131,16 @@ TYPES: tuple[ResourceType, ...] = (
       for k in ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")),
     ResourceType("telemetry.istio.io", ("v1", "v1alpha1"), "telemetries", "Telemetry",
                  status=True, custom=True),
+    # SMI and Gateway API, at the versions meshpilot admits (config/kinds.py), as installed
+    # from those projects' CRDs (also without conversion webhooks).
+    *(ResourceType(group, SMI_VERSIONS, plural(k), k, status=True, custom=True)
+      for group, k in (("split.smi-spec.io", "TrafficSplit"),
+                       ("specs.smi-spec.io", "HTTPRouteGroup"), ("specs.smi-spec.io", "TCPRoute"),
+                       ("specs.smi-spec.io", "UDPRoute"), ("access.smi-spec.io", "TrafficTarget"))),
+    *(ResourceType("gateway.networking.k8s.io", versions, plural(k), k, status=True, custom=True)
+      for k, versions in (("HTTPRoute", ("v1", "v1beta1", "v1alpha2")),
+                          ("GRPCRoute", ("v1", "v1alpha2")), ("TCPRoute", ("v1alpha2",)),
+                          ("Gateway", ("v1", "v1beta1")))),
 )
 
 
@@ -344,9 +363,9 @@ class KubeApiFake(FakeServer):
         self.bookmark_interval = bookmark_interval
         self.tokens = tokens
         self.revision = 1
-        self.objects: dict[str, dict[tuple[str, str], _Stored]] = {t.plural: {} for t in TYPES}
-        self.history: dict[str, list[_Event]] = {t.plural: [] for t in TYPES}
-        self.compacted: dict[str, int] = {t.plural: 0 for t in TYPES}
+        self.objects: dict[str, dict[tuple[str, str], _Stored]] = {t.key: {} for t in TYPES}
+        self.history: dict[str, list[_Event]] = {t.key: [] for t in TYPES}
+        self.compacted: dict[str, int] = {t.key: 0 for t in TYPES}
         """Per type, the highest revision no longer in the watch history."""
         self.watchers: list[_Watcher] = []
         self.writes: list[Write] = []
@@ -376,12 +395,13 @@ class KubeApiFake(FakeServer):
         return self._create(rtype, namespace, copy.deepcopy(obj), manager, "test", "")
 
     def update(self, api_version: str, kind: str, obj: dict[str, Any],
-               manager: str = "test") -> dict[str, Any]:
+               manager: str = "test", *, status: bool = False) -> dict[str, Any]:
+        """PUT the object, or with `status` its status subresource (as another controller)."""
         rtype = self.type_of(api_version, kind)
         meta = obj["metadata"]
         namespace = meta.get("namespace", "default" if rtype.namespaced else "")
         return self._update(rtype, namespace, meta["name"], copy.deepcopy(obj), manager, "test",
-                            status=False)
+                            status=status)
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._delete(self.type_of(api_version, kind), namespace, name, None, "test", "test")
@@ -389,14 +409,14 @@ class KubeApiFake(FakeServer):
     def get(self, api_version: str, kind: str, namespace: str, name: str
             ) -> dict[str, Any] | None:
         rtype = self.type_of(api_version, kind)
-        stored = self.objects[rtype.plural].get((namespace if rtype.namespaced else "", name))
+        stored = self.objects[rtype.key].get((namespace if rtype.namespaced else "", name))
         return self._render(rtype, stored, api_version.rpartition("/")[2]) if stored else None
 
     def items(self, api_version: str, kind: str) -> list[dict[str, Any]]:
         rtype = self.type_of(api_version, kind)
         version = api_version.rpartition("/")[2]
         return [self._render(rtype, s, version) for _, s in
-                sorted(self.objects[rtype.plural].items())]
+                sorted(self.objects[rtype.key].items())]
 
     def compact(self) -> None:
         """Forget the watch history: every resourceVersion before now is too old (410)."""
@@ -547,7 +567,7 @@ class KubeApiFake(FakeServer):
     # Reads -------------------------------------------------------------------------------------
 
     def _stored(self, rtype: ResourceType, namespace: str, name: str) -> _Stored:
-        stored = self.objects[rtype.plural].get((namespace, name))
+        stored = self.objects[rtype.key].get((namespace, name))
         if stored is None:
             raise ApiError(404, "NotFound", f'{rtype.plural} "{name}" not found')
         return stored
@@ -601,16 +621,16 @@ class KubeApiFake(FakeServer):
                 list_rv, start = int(token["rv"]), str(token["start"])
             except (ValueError, KeyError, TypeError) as error:
                 raise ApiError(400, "BadRequest", "invalid continue token") from error
-            if list_rv < self.compacted[rtype.plural]:
+            if list_rv < self.compacted[rtype.key]:
                 raise ApiError(410, "Expired", "The provided continue parameter is too old to "
                                                "display a consistent list result. You can start "
                                                "a new list without the continue parameter.")
         limit = int(query.get("limit") or 0)
-        keys = sorted(k for k in self.objects[rtype.plural] if f"{k[0]}/{k[1]}" > start)
+        keys = sorted(k for k in self.objects[rtype.key] if f"{k[0]}/{k[1]}" > start)
         items: list[dict[str, Any]] = []
         more = ""
         for key in keys:
-            stored = self.objects[rtype.plural][key]
+            stored = self.objects[rtype.key][key]
             if not self._matches(stored.obj, namespace, filters):
                 continue
             if limit and len(items) == limit:
@@ -644,22 +664,22 @@ class KubeApiFake(FakeServer):
         pending: list[dict[str, Any]] = []
         if asked in ("", "0"):
             pending = [{"type": "ADDED", "object": self._render(rtype, s, version)}
-                       for _, s in sorted(self.objects[rtype.plural].items())
+                       for _, s in sorted(self.objects[rtype.key].items())
                        if self._matches(s.obj, namespace, filters)]
         else:
             try:
                 since = int(asked)
             except ValueError:
                 since = -1
-            if since < self.compacted[rtype.plural]:
+            if since < self.compacted[rtype.key]:
                 pending = [{"type": "ERROR", "object": ApiError(
                     410, "Expired", f"too old resource version: {asked} "
-                                    f"({self.compacted[rtype.plural] + 1})").status()}]
+                                    f"({self.compacted[rtype.key] + 1})").status()}]
                 for error_event in pending:
                     await response.write(json.dumps(error_event).encode() + b"\n")
                 await response.write_eof()
                 return response
-            for event in self.history[rtype.plural]:
+            for event in self.history[rtype.key]:
                 if event.revision > since:
                     watcher.queue.put_nowait(event)
         self.watchers.append(watcher)
@@ -718,11 +738,11 @@ class KubeApiFake(FakeServer):
     def _emit(self, rtype: ResourceType, kind: str, obj: dict[str, Any],
               old: dict[str, Any] | None) -> None:
         event = _Event(self.revision, kind, copy.deepcopy(obj), old)
-        history = self.history[rtype.plural]
+        history = self.history[rtype.key]
         history.append(event)
         if len(history) > self.history_limit:
             dropped = history.pop(0)
-            self.compacted[rtype.plural] = dropped.revision
+            self.compacted[rtype.key] = dropped.revision
         for watcher in self.watchers:
             if watcher.rtype is rtype:
                 watcher.queue.put_nowait(event)
@@ -770,7 +790,7 @@ class KubeApiFake(FakeServer):
             meta.pop("namespace", None)
         self._validate(rtype, obj)
         key = (namespace if rtype.namespaced else "", meta["name"])
-        if key in self.objects[rtype.plural]:
+        if key in self.objects[rtype.key]:
             raise ApiError(409, "AlreadyExists", f'{rtype.plural} "{meta["name"]}" already '
                                                  "exists")
         for transient in ("resourceVersion", "uid", "creationTimestamp", "generation",
@@ -789,7 +809,7 @@ class KubeApiFake(FakeServer):
                     creationTimestamp=_now(), generation=1)
         paths = owned if owned is not None else set(managed_paths(obj, status=False))
         stored = _Stored(obj, {(manager, operation): set(paths)} if paths else {})
-        self.objects[rtype.plural][key] = stored
+        self.objects[rtype.key][key] = stored
         self._emit(rtype, "ADDED", obj, None)
         self._record("apply" if operation == "Apply" else "create", rtype, namespace,
                      meta["name"], manager, agent, body)
@@ -918,7 +938,7 @@ class KubeApiFake(FakeServer):
                status: bool) -> dict[str, Any]:
         applied = managed_paths(config, status=status)
         key = (namespace if rtype.namespaced else "", name)
-        stored = self.objects[rtype.plural].get(key)
+        stored = self.objects[rtype.key].get(key)
         if stored is None:
             if status:
                 raise ApiError(404, "NotFound", f'{rtype.plural} "{name}" not found')
@@ -970,7 +990,7 @@ class KubeApiFake(FakeServer):
             if wanted and wanted != meta[field_name]:
                 raise ApiError(409, "Conflict", f"Precondition failed: {field_name}: "
                                                 f"expected {wanted}, found {meta[field_name]}")
-        del self.objects[rtype.plural][key]
+        del self.objects[rtype.key][key]
         gone = copy.deepcopy(stored.obj)
         gone["metadata"]["resourceVersion"] = self._next_revision()
         self._emit(rtype, "DELETED", gone, stored.obj)
@@ -978,7 +998,7 @@ class KubeApiFake(FakeServer):
         if rtype.kind == "Namespace":
             for other in TYPES:
                 if other.namespaced:
-                    for ns, item in [k for k in self.objects[other.plural] if k[0] == name]:
+                    for ns, item in [k for k in self.objects[other.key] if k[0] == name]:
                         self._delete(other, ns, item, None, manager, agent)
 
 

@@ -6,6 +6,11 @@ HTTP/2. Everything else — listeners, clusters, routes, endpoints — arrives o
 aggregated (ADS) gRPC stream: `cds_config` and `lds_config` name ADS as their source, and RDS/EDS
 follow because the generated listeners and clusters name ADS too.
 
+With the agent's own certificate (`sds_socket`, the CSR flow), two things change, as in Istio:
+a static `sds-grpc` cluster reaches the agent's SDS server on its Unix socket, and `xds-grpc`
+speaks mutual TLS to the secure discovery port with the certificate and root from that SDS,
+checking the server's certificate for Istio's discovery name.
+
 The bootstrap is built as a typed proto so field names are checked by protobuf, then rendered as
 JSON (Envoy picks the format from the `.json` extension of the `-c` file).
 """
@@ -25,10 +30,13 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
 from meshpilot.agent.node import HostPort, NodeInfo, XdsVariant, is_ip, parse_host_port
+from meshpilot.envoy import sds
+from meshpilot.xds.secure_names import DISCOVERY_NAME
 
 XDS_CLUSTER_NAME = "xds-grpc"
 BOOTSTRAP_FILE_NAME = "envoy-bootstrap.json"
@@ -44,16 +52,60 @@ _API_TYPES = {
 }
 
 
-def build_bootstrap(node: NodeInfo, discovery_address: HostPort) -> bootstrap_pb2.Bootstrap:
-    """The complete bootstrap for `node`, fetching its config from `discovery_address`."""
+def build_bootstrap(
+    node: NodeInfo, discovery_address: HostPort, sds_socket: Path | None = None
+) -> bootstrap_pb2.Bootstrap:
+    """The complete bootstrap for `node`, fetching its config from `discovery_address`; with
+    `sds_socket`, over mutual TLS with the agent's certificate served on that socket."""
+    clusters = [_xds_cluster(discovery_address)]
+    node_proto = node.to_node_proto()
+    if sds_socket is not None:
+        clusters[0].transport_socket.name = "envoy.transport_sockets.tls"
+        clusters[0].transport_socket.typed_config.Pack(_xds_tls())
+        clusters.append(_sds_cluster(sds_socket))
+        node_proto.metadata.fields[sds.AGENT_SDS].string_value = sds.AGENT_SDS_VALUE
     return bootstrap_pb2.Bootstrap(
-        node=node.to_node_proto(),
+        node=node_proto,
         admin=_admin(parse_host_port(node.admin_address)),
         dynamic_resources=_dynamic_resources(node.xds_variant),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(
-            clusters=[_xds_cluster(discovery_address)]
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=clusters),
+    )
+
+
+def _xds_tls() -> tls_pb2.UpstreamTlsContext:
+    with sds.secrets_source(agent=True):
+        common = sds.mesh_common_context()
+    san = common.combined_validation_context.default_validation_context
+    san.match_typed_subject_alt_names.add(
+        san_type=common_pb2.SubjectAltNameMatcher.DNS
+    ).matcher.exact = DISCOVERY_NAME
+    common.alpn_protocols.append("h2")
+    return tls_pb2.UpstreamTlsContext(common_tls_context=common, sni=DISCOVERY_NAME)
+
+
+def _sds_cluster(socket: Path) -> cluster_pb2.Cluster:
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(pipe=address_pb2.Pipe(path=str(socket)))
+        )
+    )
+    cluster = cluster_pb2.Cluster(
+        name=sds.SDS_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=sds.SDS_CLUSTER,
+            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])],
         ),
     )
+    cluster.connect_timeout.FromSeconds(1)
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY].Pack(
+        http_protocol_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+    )
+    return cluster
 
 
 def render_bootstrap_json(bootstrap: bootstrap_pb2.Bootstrap) -> str:

@@ -21,6 +21,7 @@ from meshpilot.cli.console import (
     StatsIntervalOption,
     console_settings,
 )
+from meshpilot.etcd.client import EtcdAddress
 from meshpilot.registry.urls import RegistryUrlError
 from meshpilot.settings import DiscoverySettings
 from meshpilot.xds.discovery import DebounceSettings
@@ -29,17 +30,34 @@ from meshpilot.xds.discovery import DebounceSettings
 def _check_source(value: str) -> str:
     if value.startswith("kube://"):
         return value
+    if value.startswith("etcd://"):
+        return _check_etcd(value, "--config-source")
     if not value.startswith("xds://"):
-        raise typer.BadParameter(f"expected xds://HOST:PORT or kube://?kubeconfig=PATH, got "
-                                 f"{value!r}", param_hint="--config-source")
+        raise typer.BadParameter(f"expected xds://HOST:PORT, kube://?kubeconfig=PATH or "
+                                 f"etcd://HOST:PORT?prefix=P, got {value!r}",
+                                 param_hint="--config-source")
     _check_address(value.removeprefix("xds://"))
     return value
 
 
-def _check_lease(value: str) -> str:
+def _check_lease(value: str, ca_dir: Path | None = None) -> str:
+    if value.startswith("etcd://"):
+        if "signingRotation=" in value and ca_dir is None:
+            raise typer.BadParameter("signingRotation= needs --ca-dir (a root CA)",
+                                     param_hint="--replicas-lease")
+        return _check_etcd(value, "--replicas-lease")
     if value and not value.startswith("kube://"):
-        raise typer.BadParameter(f"expected kube://?namespace=NS&name=LEASE, got {value!r}",
+        raise typer.BadParameter(f"expected kube://?namespace=NS&name=LEASE or "
+                                 f"etcd://HOST:PORT?key=KEY, got {value!r}",
                                  param_hint="--replicas-lease")
+    return value
+
+
+def _check_etcd(value: str, hint: str) -> str:
+    try:
+        EtcdAddress.parse(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
     return value
 
 
@@ -103,6 +121,15 @@ def discovery(
             file_okay=False,
         ),
     ] = None,
+    secure_xds_address: Annotated[
+        str, typer.Option(help="With --ca-dir: xDS over mutual TLS (client certificates from "
+                          "the mesh CA; a proxy gets config for its certificate's identity "
+                          "only) on HOST:PORT; '' for none.")
+    ] = "127.0.0.1:15012",
+    ca_address: Annotated[
+        str, typer.Option(help="With --ca-dir: certificate requests proven by a bootstrap "
+                          "token (meshpilot token create), over TLS, on HOST:PORT; '' for none.")
+    ] = "127.0.0.1:15013",
     trust_domain: Annotated[
         str, typer.Option(help="SPIFFE trust domain (default: MeshConfig trustDomain, "
                           "cluster.local).")
@@ -120,19 +147,21 @@ def discovery(
         list[str] | None,
         typer.Option(
             "--config-source",
-            metavar="xds://HOST:PORT|kube://?kubeconfig=PATH",
+            metavar="xds://HOST:PORT|kube://?kubeconfig=PATH|etcd://HOST:PORT?prefix=P",
             help="A config source beside the directories (repeatable): an MCP-over-xDS server "
-            "(e.g. `meshpilot registry-sync --to mcp:…`), or a Kubernetes API server whose "
-            "Istio custom resources are read, validated and watched (`kube://` alone in a pod).",
+            "(e.g. `meshpilot registry-sync --to mcp:…`), a Kubernetes API server whose "
+            "Istio custom resources are read, validated and watched (`kube://` alone in a pod), "
+            "or etcd: one document per key <prefix>/<Kind>/<namespace>/<name>.",
         ),
     ] = None,
     replicas_lease: Annotated[
         str,
         typer.Option(
             "--replicas-lease",
-            metavar="kube://?namespace=NS&name=LEASE",
-            help="Run as one of several replicas: leader election with this Kubernetes Lease "
-            "(also kubeconfig=, identity=, leaseDuration=15, renewDeadline=10, retryPeriod=2); "
+            metavar="kube://?namespace=NS&name=LEASE|etcd://HOST:PORT?key=KEY",
+            help="Run as one of several replicas: leader election with this Kubernetes Lease, "
+            "or an etcd key under a lease (also identity=, leaseDuration=15, renewDeadline=10, "
+            "retryPeriod=2; kubeconfig= for kube); "
             "every replica serves xDS, only the leader writes status.",
         ),
     ] = "",
@@ -173,6 +202,11 @@ def discovery(
         typer.Option(help="The xDS cluster name in REST clients' bootstraps (their EDS and "
                      "RDS config sources are pointed at it)."),
     ] = "xds-grpc",
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Processes serving xDS on the one port (SO_REUSEPORT); debug "
+                     "HTTP aggregates their proxies."),
+    ] = 1,
     console_address: ConsoleAddressOption = DEFAULT_CONSOLE_ADDRESS,
     console_credentials: ConsoleCredentialsOption = None,
     console_session_ttl: SessionTtlOption = DEFAULT_SESSION_TTL,
@@ -199,12 +233,15 @@ def discovery(
         ca_dir=ca_dir,
         trust_domain=trust_domain,
         cert_ttl=cert_ttl,
+        secure_xds_address=_check_address(secure_xds_address) if secure_xds_address else "",
+        ca_address=_check_address(ca_address) if ca_address else "",
         config_sources=tuple(_check_source(s) for s in config_source or ()),
-        replicas_lease=_check_lease(replicas_lease),
+        replicas_lease=_check_lease(replicas_lease, ca_dir),
         write_status=write_status,
         analysis=analysis,
         rest_address=_check_address(rest_address) if rest_address else "",
         rest_xds_cluster=rest_xds_cluster,
+        workers=workers,
         console=console_settings(console_address, console_credentials, console_session_ttl,
                                  state_dir, console_stats_interval, dashboard),
     )

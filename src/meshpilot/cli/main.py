@@ -14,16 +14,19 @@ from meshpilot.cli import (
     admin,
     analyze,
     ca,
+    config_etcd,
     console,
     dashboard,
     describe,
     discovery,
     grpc_bootstrap,
+    install,
     precheck,
     proxy,
     proxy_config,
     proxy_status,
     registry_sync,
+    token,
 )
 
 app = typer.Typer(
@@ -55,6 +58,7 @@ def main(
 analyze.register(app)
 discovery.register(app)
 proxy.register(app)
+token.register(app)
 proxy_status.register(app)
 proxy_config.register(app)
 precheck.register(app)
@@ -65,6 +69,8 @@ admin.register(app)
 grpc_bootstrap.register(app)
 registry_sync.register(app)
 ca.register(app)
+install.register(app)
+config_etcd.register(app)
 
 if __name__ == "__main__":
     app()

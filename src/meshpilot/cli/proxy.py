@@ -29,6 +29,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from meshpilot.agent.bootstrap import build_bootstrap, render_bootstrap_json, write_bootstrap
+from meshpilot.agent.certificates import AgentCertificates
 from meshpilot.agent.envoy_process import EnvoyOptions, EnvoyProcess, find_envoy_binary
 from meshpilot.agent.node import (
     DEFAULT_ADMIN_PORT,
@@ -41,7 +42,9 @@ from meshpilot.agent.node import (
     parse_host_port,
     parse_istio_node_id,
 )
+from meshpilot.agent.sds_server import SOCKET_NAME, SdsServer
 from meshpilot.model import NodeType
+from meshpilot.xds.secure_names import DEFAULT_CA_ADDRESS
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +215,16 @@ class IdentityArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentArgs:
+    """The CSR flow: the agent makes its key, gets it signed, serves it to Envoy over SDS."""
+
+    token_file: Path | None = None
+    root_cert: Path | None = None
+    ca_address: str = ""
+    cert_ttl: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class RunArgs:
     """How to run Envoy, as opposed to who it is."""
 
@@ -368,15 +381,38 @@ def _config_directory(explicit: Path | None) -> Iterator[Path]:
         yield Path(directory)
 
 
+def _agent(agent: AgentArgs, discovery: HostPort, directory: Path) -> AgentCertificates | None:
+    if agent.token_file is None:
+        return None
+    if agent.root_cert is None:
+        _fail("--token-file needs --root-cert (the mesh root that the server's certificate "
+              "chains to)", USAGE_ERROR)
+    try:
+        token = agent.token_file.read_text(encoding="utf-8").strip()
+        root = agent.root_cert.read_bytes()
+    except OSError as err:
+        _fail(f"cannot read the token or root: {err}", USAGE_ERROR)
+    try:
+        ca_address = str(_address(agent.ca_address, "--ca-address")) if agent.ca_address else \
+            f"{discovery.host}:{parse_host_port(DEFAULT_CA_ADDRESS).port}"
+    except ValueError as err:
+        _fail(str(err), USAGE_ERROR)
+    return AgentCertificates(directory / "security", root, token, ca_address, str(discovery),
+                             agent.cert_ttl)
+
+
 def _run_proxy(
-    proxy_type: NodeType, identity: IdentityArgs, discovery_address: str, run: RunArgs
+    proxy_type: NodeType, identity: IdentityArgs, discovery_address: str, run: RunArgs,
+    agent_args: AgentArgs | None = None,
 ) -> None:
     node, discovery = _resolve_inputs(proxy_type, identity, discovery_address)
     binary = _resolve_binary(run.envoy_binary)
     _configure_logging(run.log_level)
     with _config_directory(run.config_path) as directory:
+        agent = _agent(agent_args or AgentArgs(), discovery, directory)
+        socket = directory / SOCKET_NAME if agent is not None else None
         try:
-            config = write_bootstrap(build_bootstrap(node, discovery), directory)
+            config = write_bootstrap(build_bootstrap(node, discovery, socket), directory)
         except OSError as err:
             _fail(f"cannot write the bootstrap: {err}", 1)
         logger.info("proxy %s: bootstrap written to %s", node.effective_node_id, config)
@@ -388,17 +424,38 @@ def _run_proxy(
             log_file=run.envoy_log_file,
             concurrency=run.concurrency,
         )
-        code = asyncio.run(_serve(options, discovery))
+        code = asyncio.run(_serve(options, discovery, agent, socket))
     if code:
         raise typer.Exit(code)
 
 
-async def _serve(options: EnvoyOptions, discovery: HostPort) -> int:
+async def _serve(
+    options: EnvoyOptions, discovery: HostPort, agent: AgentCertificates | None = None,
+    socket: Path | None = None,
+) -> int:
     """Run Envoy until SIGTERM/SIGINT; the exit code for the process."""
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, shutdown.set)
+    sds: SdsServer | None = None
+    renewals: asyncio.Task[None] | None = None
+    if agent is not None and socket is not None:
+        # The certificate before Envoy: its xDS connection needs it.
+        first = asyncio.create_task(agent.first())
+        stop = asyncio.create_task(shutdown.wait())
+        await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not first.done():
+            first.cancel()
+            return 0
+        stop.cancel()
+        sds = SdsServer(first.result())
+        try:
+            await sds.start(socket)
+        except OSError as err:
+            _print_error(str(err))
+            return 1
+        renewals = asyncio.create_task(agent.run(sds.update))
     envoy = EnvoyProcess(options)
     try:
         await envoy.start()
@@ -412,6 +469,12 @@ async def _serve(options: EnvoyOptions, discovery: HostPort) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await readiness
     await envoy.stop()
+    if renewals is not None:
+        renewals.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewals
+    if sds is not None:
+        await sds.stop()
     return 0
 
 
@@ -470,6 +533,26 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
         concurrency: Annotated[
             int, typer.Option("--concurrency", min=1, help="Envoy worker threads.")
         ] = 2,
+        token_file: Annotated[
+            Path | None,
+            typer.Option("--token-file", help="Bootstrap token (meshpilot token create): make "
+                         "the key here, get it signed by CSR, serve it to Envoy by local SDS "
+                         "and use the secure xDS port (--discovery-address HOST:15012)."),
+        ] = None,
+        root_cert: Annotated[
+            Path | None,
+            typer.Option("--root-cert", help="The mesh root (the CA dir's root-cert.pem) that "
+                         "the discovery server's certificate must chain to."),
+        ] = None,
+        ca_address: Annotated[
+            str,
+            typer.Option("--ca-address", metavar="HOST:PORT", help="Where the first certificate "
+                         "request goes. Default: the discovery host, port 15013."),
+        ] = "",
+        cert_ttl: Annotated[
+            float, typer.Option("--cert-ttl", min=0, help="Certificate lifetime to ask for, in "
+                                "seconds (the server caps it; 0: the server's).")
+        ] = 0.0,
     ) -> None:
         identity = IdentityArgs(
             node_id=node_id,
@@ -488,7 +571,8 @@ def _proxy_command(proxy_type: NodeType) -> Callable[..., None]:
             xds_variant=xds_variant,
         )
         run = RunArgs(log_level, envoy_binary, config_path, envoy_log_file, concurrency)
-        _run_proxy(proxy_type, identity, discovery_address, run)
+        agent = AgentArgs(token_file, root_cert, ca_address, cert_ttl)
+        _run_proxy(proxy_type, identity, discovery_address, run, agent)
 
     return command
 

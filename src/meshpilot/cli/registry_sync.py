@@ -13,6 +13,9 @@ import typer
 import yaml
 from aiohttp import web
 
+from meshpilot.election import Elector
+from meshpilot.etcd.client import EtcdAddress
+from meshpilot.etcd.leader import EtcdLeaderElector
 from meshpilot.kube.leader import LeaderElector
 from meshpilot.mcp.server import McpServer, start_mcp_server
 from meshpilot.registry.urls import RegistryUrlError
@@ -20,6 +23,8 @@ from meshpilot.sync.convert import flatten
 from meshpilot.sync.kube_target import KubeTarget, kube_options
 from meshpilot.sync.runner import RegistrySync
 from meshpilot.sync.targets import DirectoryTarget, McpTarget, Target, manifest, plan
+
+DEFAULT_ETCD_KEY = "/meshpilot/leader/registry-sync"
 
 
 def _target(text: str) -> tuple[str, str]:
@@ -35,14 +40,24 @@ def _target(text: str) -> tuple[str, str]:
 
 
 def _elector(to: str, kubeconfig: str, lease: str, identity: str,
-             durations: tuple[float, float, float]) -> LeaderElector:
+             durations: tuple[float, float, float]) -> Elector:
+    lease_duration, renew_deadline, retry_period = durations
+    if lease.startswith("etcd://"):
+        # Any target: the key in etcd decides who writes.
+        try:
+            address = EtcdAddress.parse(lease)
+            return EtcdLeaderElector(address, key=address.param("key") or DEFAULT_ETCD_KEY,
+                                     identity=identity, lease_duration=lease_duration,
+                                     renew_deadline=renew_deadline, retry_period=retry_period)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--lease") from error
     if not to.startswith("kube"):
-        raise typer.BadParameter("leader election uses a Kubernetes Lease: it needs --to "
-                                 "kube[:CONTEXT]", param_hint="--leader-election")
+        raise typer.BadParameter("leader election with a Kubernetes Lease needs --to "
+                                 "kube[:CONTEXT]; with --to dir: or mcp: give "
+                                 "--lease etcd://HOST:PORT?key=KEY", param_hint="--leader-election")
     namespace, sep, name = lease.rpartition("/")
     if not sep or not namespace or not name:
         raise typer.BadParameter(f"expected NAMESPACE/NAME, got {lease!r}", param_hint="--lease")
-    lease_duration, renew_deadline, retry_period = durations
     try:
         return LeaderElector(kube_options(to, kubeconfig), name=name, namespace=namespace,
                              identity=identity, lease_duration=lease_duration,
@@ -72,10 +87,12 @@ def registry_sync(
         help="kubeconfig for --to kube (default $KUBECONFIG, ~/.kube/config, or in-cluster).")
     ] = "",
     leader_election: Annotated[bool, typer.Option(
-        "--leader-election", help="Several replicas may run: only the holder of the Lease "
-        "writes (--to kube).")] = False,
+        "--leader-election", help="Several replicas may run: only the holder of the lease "
+        "(--lease) writes.")] = False,
     lease: Annotated[str, typer.Option(
-        help="The Lease for --leader-election, NAMESPACE/NAME.")
+        help="The lease for --leader-election: a Kubernetes Lease NAMESPACE/NAME (--to kube), "
+        "or an etcd key, etcd://HOST:PORT[,HOST:PORT]?key=/meshpilot/leader/registry-sync "
+        "(any --to).")
     ] = "istio-system/meshpilot-registry-sync",
     identity: Annotated[str, typer.Option(
         help="This replica's identity in the Lease (default $POD_NAME, else host-pid).")] = "",
@@ -107,7 +124,7 @@ def registry_sync(
 
 async def _run(
     sources: list[str], kind: str, where: str, workload_entries: bool, dry_run: bool,
-    status_address: str, kubeconfig: str = "", elector: LeaderElector | None = None,
+    status_address: str, kubeconfig: str = "", elector: Elector | None = None,
 ) -> None:
     mcp_server: McpServer | None = None
     target: Target

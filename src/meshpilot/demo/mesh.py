@@ -95,6 +95,10 @@ class Workload:
     """A Linux network namespace to run the app and its proxy in ('' for the caller's)."""
     cluster_id: str = ""
     """The proxy's `--cluster-id` (its cluster, for cluster-local services)."""
+    discovery_address: str = ""
+    """Where its proxy gets config ('' for the mesh's plaintext xDS address)."""
+    proxy_args: tuple[str, ...] = ()
+    """More `meshpilot proxy` options (e.g. the agent's --token-file)."""
 
     @property
     def app_address(self) -> str:
@@ -238,7 +242,7 @@ class Mesh:
                 "proxy",
                 "sidecar",
                 "--discovery-address",
-                self.xds_address,
+                workload.discovery_address or self.xds_address,
                 "--namespace",
                 workload.namespace,
                 "--workload-name",
@@ -267,6 +271,7 @@ class Mesh:
                 workload.cluster_id,
                 "--config-path",
                 str(config_path),
+                *workload.proxy_args,
             ],
             workload.netns,
         )

@@ -10,6 +10,11 @@ chosen by the same code the server uses. Then, per service:
   share of traffic and their match conditions;
 - warnings for config that matches nothing: subsets no endpoint has, routes to subsets the
   DestinationRule does not define, rules and routes for hosts no service has.
+
+For a proxy, its security as well: the SPIFFE identity it holds, the effective mTLS mode of each
+inbound port with the PeerAuthentications that decided it, and the AuthorizationPolicies and
+RequestAuthentications selecting it — decided by envoy/mtls.py and security/policies.py, as
+the server decides them when it builds the proxy's listeners.
 """
 
 from __future__ import annotations
@@ -19,18 +24,57 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpilot.envoy import networks
+from meshpilot.agent.node import SERVICE_ACCOUNT
+from meshpilot.envoy import mtls, networks
 from meshpilot.envoy.scope import destination_rule_for, virtual_service_for
 from meshpilot.envoy.targets import service_targets
-from meshpilot.model import Config, Endpoint, Locality, NodeType, Port, Protocol, Proxy, Service
+from meshpilot.model import (
+    Config,
+    Endpoint,
+    Kind,
+    Locality,
+    NodeType,
+    Port,
+    Protocol,
+    Proxy,
+    Service,
+)
 from meshpilot.model.hosts import host_matches, resolve_short_name
 from meshpilot.model.meshconfig import MeshConfig
+from meshpilot.model.security import Identity, IssuedCertificate, MeshSecurity
 from meshpilot.model.snapshot import Snapshot
+from meshpilot.security import policies
+from meshpilot.security.identity import proxy_identity
 
 SEPARATOR = "--------------------"
 
 
 # The server's topics back into the model ------------------------------------------------------
+
+_KINDS = (
+    Kind.VIRTUAL_SERVICE,
+    Kind.DESTINATION_RULE,
+    Kind.PEER_AUTHENTICATION,
+    Kind.AUTHORIZATION_POLICY,
+    Kind.REQUEST_AUTHENTICATION,
+)
+
+
+class _NoCertificates:
+    """Stands for the server's CA: describe needs to know that workloads get certificates (mTLS
+    decisions depend on it), never the certificates themselves."""
+
+    def certificate(self, identity: Identity) -> IssuedCertificate:
+        raise LookupError(f"describe holds no certificate for {identity.spiffe_id}")
+
+
+def _security(registryz: Mapping[str, Any]) -> MeshSecurity | None:
+    found = registryz.get("security")
+    if not found:
+        return None
+    certificates = _NoCertificates() if found.get("certificates") else None
+    return MeshSecurity(str(found.get("trustDomain") or ""), b"", certificates)
+
 
 
 def snapshot_from(registryz: Mapping[str, Any], configz: Mapping[str, Any]) -> Snapshot:
@@ -61,14 +105,21 @@ def snapshot_from(registryz: Mapping[str, Any], configz: Mapping[str, Any]) -> S
                     cluster_id=e.get("clusterId", ""),
                     network=e.get("network", ""),
                     locality=Locality.parse(e.get("locality", "")),
+                    service_account=e.get("serviceAccount", ""),
                 )
             )
     configs = [
         Config(kind=c["kind"], name=c["name"], namespace=c["namespace"], spec=c.get("spec") or {})
         for c in configz.get("configs") or ()
-        if c["kind"] in ("VirtualService", "DestinationRule")
+        if c["kind"] in _KINDS
     ]
-    built = Snapshot.build(str(registryz.get("version", "")), services, endpoints, configs)
+    built = Snapshot.build(
+        str(registryz.get("version", "")),
+        services,
+        endpoints,
+        configs,
+        security=_security(registryz),
+    )
     networks = registryz.get("meshNetworks") or {}
     if not networks:
         return built
@@ -86,6 +137,9 @@ def proxy_from(client: Mapping[str, Any]) -> Proxy:
         cluster_id=client.get("clusterId", ""),
         network=client.get("network", ""),
         locality=Locality.parse(client.get("locality", "")),
+        metadata={SERVICE_ACCOUNT: client["serviceAccount"]}
+        if client.get("serviceAccount")
+        else {},
     )
 
 
@@ -376,8 +430,50 @@ def describe_proxy(snapshot: Snapshot, proxy: Proxy) -> Description:
         out.lines += [SEPARATOR, *lines]
         out.data["services"].append(data)
         out.warnings += warnings
+    lines, out.data["security"] = _security_section(snapshot, proxy, targets)
+    out.lines += [SEPARATOR, *lines]
     out.data["warnings"] = out.warnings
     return out
+
+
+def _names(configs: Sequence[Config]) -> str:
+    return ", ".join(f"{c.name}.{c.namespace}" for c in configs) or "(none)"
+
+
+def _security_section(
+    snapshot: Snapshot, proxy: Proxy, targets: Sequence[Endpoint]
+) -> tuple[list[str], dict[str, Any]]:
+    identity = proxy_identity(snapshot, proxy)
+    peer = policies.peer_policy(snapshot, proxy.namespace, proxy.labels)
+    authz = policies.authorization_policies(snapshot, proxy.namespace, proxy.labels)
+    authn = policies.request_authentications(snapshot, proxy.namespace, proxy.labels)
+    ports = sorted({t.port for t in targets})
+    lines = [f"Identity: {identity.spiffe_id}"]
+    modes: dict[str, str] = {}
+    if mtls.enabled(snapshot):
+        lines.append(f"Effective PeerAuthentication: workload mTLS mode {peer.mode}")
+        for port in ports:
+            modes[str(port)] = mtls.inbound_mode(snapshot, proxy, port)
+            lines.append(f"   Port {port}: {modes[str(port)]}")
+    else:
+        # Without certificates the server configures no TLS at all, whatever the policies say.
+        lines.append(
+            "Effective PeerAuthentication: none (no mesh CA: inbound ports take plaintext)"
+        )
+        modes = {str(port): policies.DISABLE for port in ports}
+    lines.append(f"Applied PeerAuthentication: {_names(peer.sources)}")
+    lines.append(f"Applied AuthorizationPolicy: {_names(authz)}")
+    lines.append(f"Applied RequestAuthentication: {_names(authn)}")
+    data = {
+        "identity": identity.spiffe_id,
+        "mtls": mtls.enabled(snapshot),
+        "workloadMode": peer.mode if mtls.enabled(snapshot) else policies.DISABLE,
+        "portModes": modes,
+        "peerAuthentications": [f"{c.name}.{c.namespace}" for c in peer.sources],
+        "authorizationPolicies": [f"{c.name}.{c.namespace}" for c in authz],
+        "requestAuthentications": [f"{c.name}.{c.namespace}" for c in authn],
+    }
+    return lines, data
 
 
 def describe_service(snapshot: Snapshot, host: str, namespace: str) -> Description:

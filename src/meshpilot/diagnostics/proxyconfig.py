@@ -433,4 +433,6 @@ def secret_rows(dump: EnvoyDump, now: datetime | None = None) -> list[list[str]]
 
 
 def secrets_report(dump: EnvoyDump, now: datetime | None = None) -> Report:
-    return Report(Table(SECRET_COLUMNS, secret_rows(dump, now)), dump.secrets())
+    """JSON and YAML print Envoy's secrets section as it is, as istioctl does."""
+    section = {k: v for k, v in dump.section("SecretsConfigDump").items() if k != "@type"}
+    return Report(Table(SECRET_COLUMNS, secret_rows(dump, now)), section)

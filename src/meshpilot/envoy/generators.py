@@ -94,7 +94,7 @@ class ClusterGenerator:
         scope = scope_for(snapshot, proxy)
         shared = _cached_list(
             snapshot,
-            ("cds-outbound", scope.key),
+            ("cds-outbound", scope.key, sds.from_agent(proxy.metadata)),
             lambda: [
                 to_resource(c.name, c)
                 for c in [*clusters.outbound_clusters(snapshot, scope), *clusters.static_clusters()]
@@ -175,6 +175,7 @@ class ListenerGenerator:
             snapshot,
             (
                 "lds-outbound", proxy.outbound_bind, taken, scope.key,
+                sds.from_agent(proxy.metadata),
                 _labels_key(snapshot, proxy), telemetry.for_proxy(snapshot, proxy).key,
                 wasm.key(snapshot, proxy),
             ),
@@ -303,7 +304,7 @@ def _router_identity(proxy: Proxy) -> tuple[Any, ...]:
 def _router_listeners(snapshot: Snapshot, proxy: Proxy) -> list[Resource]:
     return _cached_list(
         snapshot,
-        ("lds-router", _router_identity(proxy)),
+        ("lds-router", _router_identity(proxy), sds.from_agent(proxy.metadata)),
         lambda: [to_resource(lst.name, lst) for lst in gateway.listeners_for(snapshot, proxy)],
     )
 
@@ -540,3 +541,25 @@ class EnvoyFilterStage:
 
 
 GENERATORS = {url: EnvoyFilterStage(generator) for url, generator in GENERATORS.items()}
+
+
+class SecretSourceStage:
+    """Builds a proxy's resources with its secrets' source (envoy/sds.py): ADS, or its agent's
+    local SDS. The shared caches above carry the same choice in their keys."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.type_url = inner.type_url
+        self.wildcard = inner.wildcard
+
+    def generate(
+        self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
+    ) -> list[Resource]:
+        with sds.secrets_source(sds.from_agent(proxy.metadata)):
+            return self.inner.generate(snapshot, proxy, names)
+
+    def concerns(self, request: PushRequest) -> bool:
+        return self.inner.concerns(request)
+
+
+GENERATORS = {url: SecretSourceStage(generator) for url, generator in GENERATORS.items()}

@@ -11,16 +11,24 @@ It is shared by the proxies of an identity and cached per snapshot by (identity,
 rotation issues a new serial, and the push that follows sends only this secret, since every
 other resource is unchanged. `ROOTCA` is the same for every proxy.
 
-Secrets travel in the ADS stream rather than from a local agent: the server generates the key
-pair (see the README's Security section for why, and what a CSR flow would change).
+Two sources, chosen per proxy:
+
+* **the ADS stream** (the default, plaintext port): the server generates the key pair;
+* **the proxy's agent** (node metadata `MESHPILOT_SDS: agent`, always on the secure port): the
+  agent made the key and got it signed by CSR, and serves both secrets over SDS on a local Unix
+  socket, the bootstrap's `sds-grpc` cluster, as istio-agent does. The TLS contexts then name
+  that cluster instead of ADS.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextvars import ContextVar
 from functools import partial
 
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 
 from meshpilot.envoy.protos import ads_source
@@ -31,14 +39,51 @@ from meshpilot.security.identity import proxy_identity
 
 DEFAULT = "default"
 ROOTCA = "ROOTCA"
+AGENT_SDS = "MESHPILOT_SDS"
+AGENT_SDS_VALUE = "agent"
+SDS_CLUSTER = "sds-grpc"
+
+_from_agent: ContextVar[bool] = ContextVar("meshpilot_sds_from_agent", default=False)
+"""Whether the TLS contexts being built name the agent's SDS rather than ADS. Set around a
+proxy's generation (generators.py, which also keys its shared caches by it) so the many
+builders between a generator and these functions need no extra parameter."""
+
+
+def from_agent(metadata: object) -> bool:
+    return isinstance(metadata, dict | Mapping) and metadata.get(AGENT_SDS) == AGENT_SDS_VALUE
+
+
+@contextlib.contextmanager
+def secrets_source(agent: bool) -> Iterator[None]:
+    token = _from_agent.set(agent)
+    try:
+        yield
+    finally:
+        _from_agent.reset(token)
+
+
+def _source() -> config_source_pb2.ConfigSource:
+    if not _from_agent.get():
+        source: config_source_pb2.ConfigSource = ads_source()
+        return source
+    return config_source_pb2.ConfigSource(
+        api_config_source=config_source_pb2.ApiConfigSource(
+            api_type=config_source_pb2.ApiConfigSource.GRPC,
+            transport_api_version=config_source_pb2.V3,
+            grpc_services=[grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER))],
+            set_node_on_first_message_only=True,
+        ),
+        resource_api_version=config_source_pb2.V3,
+    )
 
 
 def certificate_sds() -> secret_pb2.SdsSecretConfig:
-    return secret_pb2.SdsSecretConfig(name=DEFAULT, sds_config=ads_source())
+    return secret_pb2.SdsSecretConfig(name=DEFAULT, sds_config=_source())
 
 
 def validation_sds() -> secret_pb2.SdsSecretConfig:
-    return secret_pb2.SdsSecretConfig(name=ROOTCA, sds_config=ads_source())
+    return secret_pb2.SdsSecretConfig(name=ROOTCA, sds_config=_source())
 
 
 def mesh_common_context() -> tls_pb2.CommonTlsContext:

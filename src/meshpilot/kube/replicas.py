@@ -1,28 +1,36 @@
 """What `meshpilot discovery` runs for Kubernetes beside serving: leader election among
-replicas (`--replicas-lease kube://…`) and status write-back for Kubernetes config sources.
+replicas (`--replicas-lease kube://…`, or `etcd://…?key=KEY`: `etcd.leader`) and status
+write-back for Kubernetes config sources.
 
 Every replica watches the same sources and serves xDS from its own complete view, so proxies
 may connect to any of them; only the duties that must happen once — writing `status` into
-the Istio objects — wait for the Lease. Without `--replicas-lease` the one server is its own
-leader and writes status itself.
+the Istio objects, and with an etcd lease and `signingRotation=` publishing a new signing
+intermediate (`etcd.signing`) — wait for the lease. Without `--replicas-lease` the one server
+is its own leader and writes status itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from meshpilot.config.composite import CompositeStore
 from meshpilot.config.kube_source import KubeConfigStore
 from meshpilot.config.store import ConfigStore
+from meshpilot.config.translating import TranslatingStore
+from meshpilot.election import Elector
+from meshpilot.etcd.leader import EtcdLeaderElector
+from meshpilot.etcd.signing import signing_rotation
 from meshpilot.kube.leader import LeaderElector
-from meshpilot.kube.status import StatusWriter
+from meshpilot.kube.status import RouteConditions, StatusWriter
+from meshpilot.model import PushRequest, TriggerReason
 from meshpilot.settings import DiscoverySettings
 
 if TYPE_CHECKING:
     from meshpilot.xds.discovery import DiscoveryServer
 
 DEFAULT_LEASE = "meshpilot-discovery"
+DEFAULT_ETCD_KEY = "/meshpilot/leader/discovery"
 
 
 def kube_stores(store: ConfigStore) -> list[KubeConfigStore]:
@@ -40,12 +48,33 @@ def replica_duties(
     settings: DiscoverySettings, discovery: DiscoveryServer
 ) -> Iterator[tuple[str, Coroutine[Any, Any, None]]]:
     """(task name, coroutine) for each long-running part to add to the server's TaskGroup."""
-    elector = None
-    if settings.replicas_lease:
+    elector: Elector | None = None
+    if settings.replicas_lease.startswith("etcd://"):
+        etcd_elector = EtcdLeaderElector.from_url(settings.replicas_lease, DEFAULT_ETCD_KEY)
+        elector = etcd_elector
+        yield "leader-election", etcd_elector.run()
+        if etcd_elector.address.param("signingRotation"):
+            runtime = discovery.security_runtime
+            yield "signing-ca", signing_rotation(
+                etcd_elector, runtime.certificates if runtime else None, settings.ca_dir,
+                settings.cert_ttl, lambda: discovery.config_update(PushRequest(
+                    full=True, reasons=frozenset({TriggerReason.SECRET})))).run()
+    elif settings.replicas_lease:
         elector = LeaderElector.from_url(settings.replicas_lease, DEFAULT_LEASE)
         yield "leader-election", elector.run()
     if not settings.write_status:
         return
+    routes = route_conditions(discovery.store)
     for store in kube_stores(discovery.store):
-        writer = StatusWriter(store, discovery.analysis, elector=elector)
+        writer = StatusWriter(store, discovery.analysis, elector=elector, routes=routes)
         yield f"status-{store.name}", writer.run()
+
+
+def route_conditions(store: ConfigStore | None) -> Callable[[], RouteConditions] | None:
+    """The Gateway API route conditions of the translating store in the server's chain."""
+    while store is not None:
+        if isinstance(store, TranslatingStore):
+            translating = store
+            return lambda: translating.route_status
+        store = getattr(store, "inner", None)
+    return None

@@ -22,6 +22,11 @@ read; a 409 means the object changed meanwhile, and the change wakes the writer 
 when it differs from what the object already says, so its own writes (which come back as
 watch events) settle after one round. Conditions other than Reconciled are left as found.
 
+Gateway API objects get the Gateway API's own shape instead: a route (HTTPRoute, GRPCRoute,
+TCPRoute) gets `status.parents` from the translation's conditions (`config/translating.py`,
+the same ones `/debug/routestatus` shows), one entry per parent with our `controllerName`;
+other controllers' entries are kept. Gateway API Gateways get nothing yet.
+
 It runs only where it should: with a leader elector, only while this replica leads (the duty
 is cancelled the moment leadership is lost); it wakes on every change of the store (rejections
 included), on every completed analysis, and every `resync` seconds regardless.
@@ -31,15 +36,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshpilot.analysis.message import Message
 from meshpilot.analysis.server import rejected_message
+from meshpilot.debug.routestatus import CONTROLLER_NAME
+from meshpilot.election import Elector
 from meshpilot.kube.client import KubeApiError, KubeClient, Object, Resource
-from meshpilot.kube.leader import LeaderElector
 from meshpilot.model import ConfigError, ConfigKey
 
 if TYPE_CHECKING:
@@ -97,19 +104,62 @@ def desired_status(obj: Object, rejections: Sequence[ConfigError],
     return status
 
 
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+ROUTE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", "TCPRoute"})
+RouteConditions = Mapping[str, Sequence[Mapping[str, str]]]
+"""`Kind ns/name` → the translation's conditions, each naming its `parent` (TranslatingStore)."""
+
+
+def route_parents_status(obj: Object, conditions: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """A Gateway API route's `status.parents`: one entry per parent the translation judged,
+    with its parentRef as the route wrote it, our controllerName, and `Accepted` /
+    `ResolvedRefs` carrying the route's generation. Entries of other controllers are theirs and
+    kept; a condition's lastTransitionTime is kept while its status holds."""
+    meta = obj.get("metadata") or {}
+    generation = int(meta.get("generation") or 0)
+    current: dict[str, Any] = copy.deepcopy(obj.get("status") or {})
+    refs: dict[str, dict[str, Any]] = {}
+    for ref in (obj.get("spec") or {}).get("parentRefs") or ():
+        refs.setdefault(str(ref.get("name", "")), dict(ref))
+    ours = [p for p in current.get("parents") or []
+            if isinstance(p, dict) and p.get("controllerName") == CONTROLLER_NAME]
+    before = {(json.dumps(p.get("parentRef"), sort_keys=True), c.get("type")): c
+              for p in ours for c in p.get("conditions") or [] if isinstance(c, dict)}
+    parents: dict[str, dict[str, Any]] = {}
+    for condition in conditions:
+        ref = refs.get(condition["parent"]) or {"name": condition["parent"]}
+        entry = parents.setdefault(condition["parent"], {
+            "parentRef": ref, "controllerName": CONTROLLER_NAME, "conditions": []})
+        new: dict[str, Any] = {"type": condition["type"], "status": condition["status"],
+                               "reason": condition["reason"],
+                               "message": condition.get("message", ""),
+                               "observedGeneration": generation}
+        old = before.get((json.dumps(ref, sort_keys=True), new["type"]))
+        same = old is not None and old.get("status") == new["status"]
+        new["lastTransitionTime"] = (old or {}).get("lastTransitionTime") if same \
+            else _timestamp()
+        entry["conditions"].append(new)
+    others = [p for p in current.get("parents") or [] if p not in ours]
+    return {**{k: v for k, v in current.items() if k != "parents"},
+            "parents": [*others, *parents.values()]}
+
+
 class StatusWriter:
     def __init__(
         self,
         store: KubeConfigStore,
         analysis: ServerAnalysis | None = None,
         *,
-        elector: LeaderElector | None = None,
+        elector: Elector | None = None,
         identity: str = "",
         resync: float = 30.0,
         settle: float = 0.2,
+        routes: Callable[[], RouteConditions] | None = None,
     ) -> None:
         self.store = store
         self.analysis = analysis
+        self.routes = routes
+        """The translation's route conditions, written as Gateway API route status."""
         self.elector = elector
         self.identity = identity or (elector.identity if elector else "meshpilot")
         self.resync = resync
@@ -165,7 +215,16 @@ class StatusWriter:
             meta = obj.get("metadata") or {}
             key = ConfigKey(resource.kind, str(meta.get("namespace") or "default"),
                             str(meta.get("name") or ""))
-            wanted = desired_status(obj, self.store.rejections(key), self._messages(key))
+            if resource.group == GATEWAY_API_GROUP:
+                # The Gateway API's own status shape only: its CRDs' schemas would prune
+                # Istio's conditions, and the writer would rewrite them forever.
+                found = (self.routes() if self.routes is not None else {}).get(
+                    f"{key.kind} {key.namespace}/{key.name}")
+                if resource.kind not in ROUTE_KINDS or found is None:
+                    continue
+                wanted = route_parents_status(obj, found)
+            else:
+                wanted = desired_status(obj, self.store.rejections(key), self._messages(key))
             if wanted == (obj.get("status") or {}):
                 continue
             if await self._write(client, resource, obj, wanted):

@@ -7,8 +7,9 @@ key pair and certificate, and `run` tells the discovery server to push: Envoy ap
 secret to new connections only, so connections in flight finish on the old certificate, which
 stays valid for the other half of its life.
 
-Keys are generated here, on the server (see the README's Security section for the trade-off
-against a CSR from the workload).
+Keys are generated here, on the server: the delivery for proxies on the plaintext port (see the
+README's Security section for the trade-off). Agents on the secure port make their own keys and
+send a CSR instead (agent/certificates.py, security/csr_service.py).
 """
 
 from __future__ import annotations

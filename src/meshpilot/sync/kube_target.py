@@ -37,6 +37,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from meshpilot.election import Elector
 from meshpilot.kube.client import (
     KubeApiError,
     KubeClient,
@@ -46,7 +47,6 @@ from meshpilot.kube.client import (
     custom_resource,
 )
 from meshpilot.kube.informer import Informer
-from meshpilot.kube.leader import LeaderElector
 from meshpilot.model import Kind
 from meshpilot.sync.convert import MANAGED_BY, MANAGER, SOURCE, Groups, flatten, owner_labels
 from meshpilot.sync.targets import manifest
@@ -133,7 +133,7 @@ class KubeTarget:
         source: str,
         *,
         identity: str = "meshpilot-registry-sync",
-        elector: LeaderElector | None = None,
+        elector: Elector | None = None,
         version: str = "v1",
         retry_max: float = 30.0,
     ) -> None:

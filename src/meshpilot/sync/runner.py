@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpilot.kube.leader import LeaderElector
+from meshpilot.election import Elector
 from meshpilot.model import PushRequest
 from meshpilot.registry.aggregate import AggregateRegistry
 from meshpilot.registry.plugins import create_registry
@@ -68,10 +68,10 @@ class RegistrySync:
         *,
         workload_entries: bool = False,
         quiet: float = 0.2,
-        elector: LeaderElector | None = None,
+        elector: Elector | None = None,
     ) -> None:
         self.elector = elector
-        """With several replicas: only the one holding the Lease writes (see kube.leader)."""
+        """With several replicas: only the lease holder writes (kube.leader, etcd.leader)."""
         self._changed = _Changed()
         self.registries = AggregateRegistry([create_registry(u, self._changed) for u in urls])
         self.source = ",".join(urls)
