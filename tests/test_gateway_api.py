@@ -103,3 +103,27 @@ spec:
     (gateway,) = store.list(Kind.GATEWAY)
     assert gateway.group == "networking.istio.io"
     assert {c.group for c in store.all()} == {"networking.istio.io", "gateway.networking.k8s.io"}
+
+
+def test_istio_and_gateway_api_gateways_may_share_a_name(tmp_path: Path) -> None:
+    """Two APIs, one kind name: both objects load, each under its own key."""
+    store = load(tmp_path, """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: public, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: public, namespace: default}
+spec:
+  gatewayClassName: meshpilot
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+""")
+    assert store.errors() == []
+    assert sorted(str(c.key) for c in store.all()) == [
+        "Gateway default/gwapi-public", "Gateway default/public",
+        "Gateway.gateway.networking.k8s.io default/public"]
+    assert sorted(c.name for c in store.list(Kind.GATEWAY)) == ["gwapi-public", "public"]

@@ -3,7 +3,8 @@
     etcd://127.0.0.1:2379[,host:port…]?prefix=/meshpilot/config&username=U&password=P
 
 Layout: one resource per key, `<prefix>/<Kind>/<namespace>/<name>` (e.g.
-`/meshpilot/config/VirtualService/default/reviews`), the value one YAML or JSON document
+`/meshpilot/config/VirtualService/default/reviews`; a kind whose name two APIs share is
+qualified, as `Gateway.gateway.networking.k8s.io`), the value one YAML or JSON document
 exactly as it would be in a file (`apiVersion`, `kind`, `metadata`, `spec`). The key must name
 the resource its document holds, so two keys can never define the same resource. Keys elsewhere
 below the prefix (fewer or more segments) are reported and ignored. `meshpilot config put`
@@ -75,7 +76,7 @@ def read_value(key: str, value: bytes, prefix: str) -> Config | builtins.list[Co
     result = document_to_config(document, key)
     if isinstance(result, ConfigError):
         return [result]
-    expected = config_key(prefix, result.kind, result.namespace, result.name)
+    expected = config_key(prefix, result.key.kind, result.namespace, result.name)
     if key != expected:
         return [ConfigError(key, document.line, f"the document is {result.key}, which belongs "
                             f"at {expected}", "metadata.name", result.key)]

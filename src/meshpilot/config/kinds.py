@@ -19,6 +19,7 @@ from typing import Any
 
 from meshpilot.config.yamlsource import Document, field_path
 from meshpilot.model import Config, ConfigError, ConfigKey, Kind
+from meshpilot.model.config import key_kind
 
 NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -121,7 +122,9 @@ def identify(data: Any) -> ConfigKey | None:
     namespace = metadata.get("namespace")
     if not isinstance(namespace, str) or not namespace:
         namespace = DEFAULT_NAMESPACE
-    return ConfigKey(kind, namespace, name)
+    api_version = data.get("apiVersion")
+    group = parse_api_version(api_version)[0] if isinstance(api_version, str) else ""
+    return ConfigKey(key_kind(kind, group), namespace, name)
 
 
 def _build(doc: Document, file: str) -> Config:

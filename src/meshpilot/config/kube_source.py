@@ -44,6 +44,7 @@ from meshpilot.kube.client import (
 )
 from meshpilot.kube.informer import Informer, key_of
 from meshpilot.model import Config, ConfigError, ConfigKey
+from meshpilot.model.config import key_kind
 
 log = logging.getLogger("meshpilot.config")
 
@@ -64,7 +65,8 @@ class KubeConfigStore(MemoryStore):
             resource = custom_resource(spec.group, version, spec.kind)
             self.resources[spec.kind] = resource
             self.informers[spec.kind] = Informer(
-                resource, self._handler(spec.kind), namespace=namespace, watch_timeout=timeout)
+                resource, self._handler(key_kind(spec.kind, spec.group)), namespace=namespace,
+                watch_timeout=timeout)
         self.missing: set[str] = set()
         """Kinds whose CRD the server does not serve (skipped until the next connection)."""
         self._rejected: dict[ConfigKey, list[ConfigError]] = {}

@@ -48,6 +48,7 @@ from meshpilot.debug.routestatus import CONTROLLER_NAME
 from meshpilot.election import Elector
 from meshpilot.kube.client import KubeApiError, KubeClient, Object, Resource
 from meshpilot.model import ConfigError, ConfigKey
+from meshpilot.model.config import key_kind
 
 if TYPE_CHECKING:
     from meshpilot.analysis.server import ServerAnalysis
@@ -213,7 +214,8 @@ class StatusWriter:
             if self.elector is not None and not self.elector.is_leader:
                 break  # leadership lost mid-round: the next leader takes over from here
             meta = obj.get("metadata") or {}
-            key = ConfigKey(resource.kind, str(meta.get("namespace") or "default"),
+            key = ConfigKey(key_kind(resource.kind, resource.group),
+                            str(meta.get("namespace") or "default"),
                             str(meta.get("name") or ""))
             if resource.group == GATEWAY_API_GROUP:
                 # The Gateway API's own status shape only: its CRDs' schemas would prune

@@ -47,6 +47,18 @@ class ConfigKey(NamedTuple):
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
+_SHARED_KIND_NAMES = frozenset({"Gateway"})
+"""Kind names two APIs use (Istio's Gateway and the Gateway API's): keys keep them apart."""
+
+
+def key_kind(kind: str, group: str) -> str:
+    """The kind as resource keys name it: a kind whose name another API also uses is qualified
+    by its group (`Gateway.gateway.networking.k8s.io`) unless it is Istio's."""
+    if kind in _SHARED_KIND_NAMES and group and not group.endswith(".istio.io"):
+        return f"{kind}.{group}"
+    return kind
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     kind: str
@@ -66,7 +78,7 @@ class Config:
 
     @property
     def key(self) -> ConfigKey:
-        return ConfigKey(self.kind, self.namespace, self.name)
+        return ConfigKey(key_kind(self.kind, self.group), self.namespace, self.name)
 
     @property
     def gvk(self) -> GroupVersionKind:
