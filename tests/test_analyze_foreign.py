@@ -148,7 +148,7 @@ def test_unknown_api_versions(tmp_path: Path) -> None:
          f"{path}:{lines(path, 'specs.smi-spec.io/v9')}"),
     ]
     assert any('apiVersion "specs.smi-spec.io/v9" is not accepted for HTTPRouteGroup; '
-               "accepted: specs.smi-spec.io/v1alpha1" in m["message"] for m in messages)
+               "accepted: specs.smi-spec.io/v1alpha4" in m["message"] for m in messages)
 
 
 def test_clean_smi_and_gateway_config_has_no_findings(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ ISTIO_KINDS = (
     "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "VirtualService", "DestinationRule",
     "Gateway", "Sidecar",
 )
-SMI_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
+SMI_VERSIONS = ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1")  # preferred first, as served
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

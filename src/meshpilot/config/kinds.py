@@ -25,7 +25,10 @@ NETWORKING_GROUP = "networking.istio.io"
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 SECURITY_GROUP = "security.istio.io"
 SECURITY_VERSIONS = ("v1", "v1beta1")
-SMI_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
+# Preferred first: the version the Kubernetes config store reads and install's CRDs store.
+SMI_VERSIONS = ("v1alpha4", "v1alpha3", "v1alpha2", "v1alpha1")
+SMI_ACCESS_VERSIONS = ("v1alpha3", "v1alpha4", "v1alpha2", "v1alpha1")
+"""v1alpha3 is the last released TrafficTarget; v1alpha4 is the spec's draft."""
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 DEFAULT_NAMESPACE = "default"
 
@@ -55,12 +58,12 @@ SUPPORTED_KINDS: tuple[KindSpec, ...] = (
     KindSpec(NETWORKING_GROUP, Kind.ENVOY_FILTER, ("v1alpha3",)),
     KindSpec("extensions.istio.io", Kind.WASM_PLUGIN, ("v1alpha1",)),
     # Foreign APIs, translated into Istio config when read (see config/translating.py).
-    *(KindSpec(group, kind, SMI_VERSIONS) for group, kind in (
-        ("split.smi-spec.io", "TrafficSplit"),
-        ("specs.smi-spec.io", "HTTPRouteGroup"),
-        ("specs.smi-spec.io", "TCPRoute"),
-        ("specs.smi-spec.io", "UDPRoute"),
-        ("access.smi-spec.io", "TrafficTarget"),
+    *(KindSpec(group, kind, versions) for group, kind, versions in (
+        ("split.smi-spec.io", "TrafficSplit", SMI_VERSIONS),
+        ("specs.smi-spec.io", "HTTPRouteGroup", SMI_VERSIONS),
+        ("specs.smi-spec.io", "TCPRoute", SMI_VERSIONS),
+        ("specs.smi-spec.io", "UDPRoute", SMI_VERSIONS),
+        ("access.smi-spec.io", "TrafficTarget", SMI_ACCESS_VERSIONS),
     )),
     *(KindSpec(GATEWAY_API_GROUP, kind, versions) for kind, versions in (
         ("HTTPRoute", ("v1", "v1beta1", "v1alpha2")),
