@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from meshpilot.etcd.leader import EtcdLeaderElector
-from meshpilot.etcd.signing import SigningMaterial, SigningRotation, signing_rotation
+from meshpilot.etcd.signing import EtcdSigningRotation, SigningMaterial, signing_rotation
 from meshpilot.model.security import Identity
 from meshpilot.security.ca import CertificateAuthority, create_intermediate
 from meshpilot.security.certificates import WorkloadCertificates
@@ -28,7 +28,7 @@ class Replica:
             "&leaseDuration=3&renewDeadline=2&retryPeriod=0.3", "/unused")
         self.certificates = WorkloadCertificates(CertificateAuthority.load(root))
         self.pushes = 0
-        self.rotation = SigningRotation(self.elector, self.certificates, root, period=1.5,
+        self.rotation = EtcdSigningRotation(self.elector, self.certificates, root, period=1.5,
                                         cert_ttl=3600, changed=self._pushed,
                                         key=f"/{run}/signing")
         self.tasks: list[asyncio.Task[None]] = []

@@ -23,9 +23,12 @@ from meshpilot.kube.client import KubeOptions, plural_of
 from meshpilot.kube.leader import LeaderElector
 from meshpilot.kube.manifests import InstallOptions, manifests
 from meshpilot.kube.replicas import DEFAULT_LEASE
+from meshpilot.kube.signing import KubeSigningRotation
 from meshpilot.kube.status import StatusWriter
 from meshpilot.registry.kube import KubeRegistry
 from meshpilot.registry.plugins import create_registry
+from meshpilot.security.ca import CertificateAuthority
+from meshpilot.security.certificates import WorkloadCertificates
 from tests.fakes.base import Seen
 from tests.fakes.kube_api import (
     KubeApiFake,
@@ -226,6 +229,55 @@ async def test_rbac_allows_every_call_the_code_makes(api: KubeApiFake) -> None:
     granted = {v for rule in cluster + local for v in rule["verbs"]}
     assert granted == {"list", "watch", "get", "create", "update"}
     assert {r for rule in local for r in rule["resources"]} == {"leases"}
+
+
+async def test_rbac_for_signing_rotation_is_what_the_rotation_uses(
+    api: KubeApiFake, tmp_path: Path
+) -> None:
+    api.create("v1", "Namespace", {"metadata": {"name": "mesh-system"}})
+    CertificateAuthority.load_or_create(tmp_path / "root", "cluster.local")
+    rotations = []
+    for identity in ("replica-a", "replica-b"):
+        elector = LeaderElector(KubeOptions(kubeconfig=api.kubeconfig), name=DEFAULT_LEASE,
+                                namespace="mesh-system", identity=identity,
+                                lease_duration=3, renew_deadline=2, retry_period=0.2)
+        rotations.append(KubeSigningRotation(
+            elector, WorkloadCertificates(CertificateAuthority.load(tmp_path / "root")),
+            tmp_path / "root", period=1.0, cert_ttl=60, changed=lambda: None))
+    tasks = [asyncio.create_task(t) for r in rotations for t in (r.elector.run(), r.run())]
+    try:
+        # Created, then replaced on the period; both replicas follow.
+        await eventually(lambda: len(api.writes_of("Secret")) >= 2
+                         and all(r.current for r in rotations), 10, "two rotations")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    objects = manifests(InstallOptions(namespace="mesh-system", replicas=2, ca_secret="cacerts",
+                                       signing_rotation=86400))
+    (container,) = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert (f"--replicas-lease=kube://?namespace=mesh-system&name={DEFAULT_LEASE}"
+            "&signingRotation=86400") in container["args"]
+    cluster, local = _rules(objects, "ClusterRole"), _rules(objects, "Role")
+    calls = {_verb(seen) for seen in api.requests}
+    secret_calls = {(ns, v) for ns, g, r, v in calls if (g, r) == ("", "secrets")}
+    assert {ns for ns, _ in secret_calls} == {"mesh-system"}
+    denied = [call for call in sorted(calls)
+              if not (call[0] == "mesh-system" and _allows(local, *call[1:]))]
+    assert denied == []
+    # Exactly the verbs used on secrets, only in the install namespace, nothing cluster-wide.
+    assert not any("secrets" in rule["resources"] for rule in cluster)
+    granted = {v for rule in local if "secrets" in rule["resources"] for v in rule["verbs"]}
+    assert granted == {v for _, v in secret_calls} == {"get", "list", "watch", "create",
+                                                       "update"}
+    # Without rotation (or with one replica) no Secret verb is granted.
+    for options in (InstallOptions(namespace="mesh-system", replicas=2, ca_secret="cacerts"),
+                    InstallOptions(namespace="mesh-system", replicas=1)):
+        assert not any("secrets" in rule["resources"]
+                       for rule in _rules(manifests(options), "Role"))
+    with pytest.raises(ValueError, match="--ca-secret"):
+        manifests(InstallOptions(replicas=2, signing_rotation=60))
 
 
 # The systemd examples for VMs ---------------------------------------------------------------------

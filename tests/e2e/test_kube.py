@@ -6,7 +6,8 @@ and sidecars are real processes. A Service and its EndpointSlice point at two ec
 (`python -m meshpilot.demo.echo`) whose Pods carry `version` labels; a DestinationRule and a
 VirtualService (custom resources) split traffic between the versions. Changing the
 VirtualService object moves live traffic. With two discovery replicas on one Lease, both serve
-Envoys, and when the leader is killed the other one takes over writing `status`.
+Envoys, and when the leader is killed the other one takes over writing `status` — and, with
+`signingRotation=`, publishing the workload-signing intermediate in a Secret.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from meshpilot.demo.mesh import Mesh, Workload, free_port, http_request, wait_until
+from meshpilot.security.ca import CertificateAuthority
 from tests.fakes.base import ThreadedFake
 from tests.fakes.kube_api import (
     KubeApiFake,
@@ -224,6 +226,62 @@ def test_two_replicas_serve_and_the_survivor_takes_over_status(
         # The survivor's Envoy follows the change too.
         wait_until(lambda: set(tally(meshes[survivor], f"client-{survivor}", 40)) == {
             "reviews-v2"}, 20, "traffic through the survivor")
+    finally:
+        for mesh in meshes.values():
+            mesh.stop()
+        cluster.close()
+
+
+def test_the_survivor_takes_over_rotating_the_signing_ca(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    prefix = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}."
+    workdir = tmp_path_factory.mktemp("kube-signing")
+    cluster = Cluster(workdir, prefix)
+    meshes = {name: Mesh(workdir / name, prefix=prefix) for name in ("a", "b")}
+
+    def signing() -> dict[str, str]:
+        secret = cluster.runner.call(lambda: cluster.api.get(
+            "v1", "Secret", "istio-system", "meshpilot-signing-ca"))
+        return dict(((secret or {}).get("metadata") or {}).get("annotations") or {})
+
+    try:
+        # One root for both replicas (shared disk): the leader signs intermediates with it.
+        CertificateAuthority.load_or_create(workdir / "root", "cluster.local")
+        lease = (f"kube://?kubeconfig={cluster.kubeconfig}&namespace=istio-system"
+                 "&leaseDuration=3&renewDeadline=2&retryPeriod=0.3&signingRotation=2")
+        for name, mesh in meshes.items():
+            mesh.config_dir.mkdir(parents=True, exist_ok=True)
+            mesh.start_discovery(discovery_args(
+                cluster, "--replicas-lease", f"{lease}&identity=replica-{name}",
+                # Two replicas on one machine: no second mTLS xDS / CA port to bind.
+                "--ca-dir", str(workdir / "root"), "--secure-xds-address", "",
+                "--ca-address", ""))
+        for mesh in meshes.values():
+            mesh.wait_ready()
+        leader = wait_until(cluster.holder, 20, "a leader")
+        assert wait_until(lambda: signing().get("meshpilot.io/signing-by"), 20,
+                          "an intermediate") == leader
+        # Every replica signs with what the leader published.
+        for name, mesh in meshes.items():
+            wait_until(lambda m=mesh: f"(made by {leader})" in m.log("discovery"), 20,
+                       f"replica {name} on the intermediate")
+        dead = leader.removeprefix("replica-")
+        survivor = "b" if dead == "a" else "a"
+        process = meshes[dead].processes["discovery"]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        # No release: the Lease expires (3 s), then the survivor rotates on the period.
+        wait_until(lambda: cluster.holder() == f"replica-{survivor}", 20, "the takeover")
+        wait_until(lambda: signing().get("meshpilot.io/signing-by") == f"replica-{survivor}",
+                   20, "a signing intermediate from the survivor")
+        wait_until(lambda: f"(made by replica-{survivor})" in meshes[survivor].log("discovery"),
+                   20, "the survivor signing with its own intermediate")
+        # One writer at a time: the dead leader's rotations, then only the survivor's.
+        writers = [w.user_agent for w in cluster.runner.call(
+            lambda: cluster.api.writes_of("Secret"))]
+        assert [w for i, w in enumerate(writers) if i == 0 or writers[i - 1] != w] == [
+            leader, f"replica-{survivor}"]
     finally:
         for mesh in meshes.values():
             mesh.stop()

@@ -5,9 +5,10 @@ It is an aiohttp app written from the Kubernetes API documentation ("API Concept
 "Server-Side Apply", the Lease and EndpointSlice references). What it reproduces:
 
 - **Resources**: core `v1` Services (with a status subresource; a ClusterIP is assigned), Pods
-  (status subresource), Namespaces (cluster-scoped); `discovery.k8s.io/v1` EndpointSlices;
-  `coordination.k8s.io/v1` Leases; and the `networking.istio.io` custom resources (every kind
-  meshpilot admits) served at `v1`, `v1beta1` and `v1alpha3` from one stored object (the CRDs'
+  (status subresource), Secrets (`data` must be base64), Namespaces (cluster-scoped);
+  `discovery.k8s.io/v1` EndpointSlices; `coordination.k8s.io/v1` Leases; and the
+  `networking.istio.io` custom resources (every kind meshpilot admits) served at `v1`,
+  `v1beta1` and `v1alpha3` from one stored object (the CRDs'
   `conversion: None`), each with a status subresource; likewise `security.istio.io`
   (PeerAuthentication, AuthorizationPolicy, RequestAuthentication at `v1`, `v1beta1`) and
   `telemetry.istio.io` Telemetry (`v1`, `v1alpha1`); the SMI kinds (`split.`, `specs.`,
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import copy
 import itertools
@@ -124,6 +126,7 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType("", ("v1",), "pods", "Pod", status=True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice"),
     ResourceType("coordination.k8s.io", ("v1",), "leases", "Lease"),
+    ResourceType("", ("v1",), "secrets", "Secret"),
     *(ResourceType(ISTIO_GROUP, ISTIO_VERSIONS, plural(k), k, status=True, custom=True)
       for k in ISTIO_KINDS),
     *(ResourceType("security.istio.io", ("v1", "v1beta1"), plural(k), k, status=True,
@@ -776,6 +779,14 @@ class KubeApiFake(FakeServer):
                     isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
                 raise ApiError(400, "BadRequest", f"metadata.{section} must map strings to "
                                                   "strings")
+        if rtype.kind == "Secret":
+            # The real server decodes `data` into bytes: anything not base64 is refused.
+            for key, value in (obj.get("data") or {}).items():
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, TypeError, ValueError):
+                    raise ApiError(400, "BadRequest", f"Secret.data[{key}]: illegal base64 "
+                                                      "data") from None
 
     def _create(self, rtype: ResourceType, namespace: str, body: dict[str, Any], manager: str,
                 agent: str, version: str, *, operation: str = "Update",

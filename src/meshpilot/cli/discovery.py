@@ -41,10 +41,10 @@ def _check_source(value: str) -> str:
 
 
 def _check_lease(value: str, ca_dir: Path | None = None) -> str:
+    if "signingRotation=" in value and ca_dir is None:
+        raise typer.BadParameter("signingRotation= needs --ca-dir (a root CA)",
+                                 param_hint="--replicas-lease")
     if value.startswith("etcd://"):
-        if "signingRotation=" in value and ca_dir is None:
-            raise typer.BadParameter("signingRotation= needs --ca-dir (a root CA)",
-                                     param_hint="--replicas-lease")
         return _check_etcd(value, "--replicas-lease")
     if value and not value.startswith("kube://"):
         raise typer.BadParameter(f"expected kube://?namespace=NS&name=LEASE or "
@@ -162,7 +162,10 @@ def discovery(
             help="Run as one of several replicas: leader election with this Kubernetes Lease, "
             "or an etcd key under a lease (also identity=, leaseDuration=15, renewDeadline=10, "
             "retryPeriod=2; kubeconfig= for kube); "
-            "every replica serves xDS, only the leader writes status.",
+            "every replica serves xDS, only the leader writes status. With --ca-dir, "
+            "signingRotation=SECONDS: the leader publishes a new signing intermediate every "
+            "period (etcd: at signingKey=; kube: in the Secret signingSecret=) and all sign "
+            "with it.",
         ),
     ] = "",
     write_status: Annotated[

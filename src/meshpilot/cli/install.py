@@ -34,6 +34,10 @@ def print_manifests(
                                        "CRDs are installed).")] = True,
     ca_secret: Annotated[str, typer.Option(help="A Secret with a plug-in CA (Istio's "
                                            "cacerts layout), mounted as --ca-dir.")] = "",
+    signing_rotation: Annotated[float, typer.Option(
+        min=0, help="With --replicas > 1 and a self-signed root in --ca-secret: the leader "
+        "rotates a workload-signing intermediate every this many seconds, kept in the Secret "
+        "meshpilot-signing-ca (0: sign with the CA itself).")] = 0.0,
     discovery_arg: Annotated[list[str] | None, typer.Option(
         "--discovery-arg", help="An extra argument for `meshpilot discovery` (repeatable).")
     ] = None,
@@ -49,9 +53,14 @@ def print_manifests(
         write_status=write_status,
         crds=crds,
         ca_secret=ca_secret,
+        signing_rotation=signing_rotation,
         extra_args=tuple(discovery_arg or ()),
     )
-    typer.echo(to_yaml(manifests(options)), nl=False)
+    try:
+        objects = manifests(options)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    typer.echo(to_yaml(objects), nl=False)
 
 
 def register(app: typer.Typer) -> None:

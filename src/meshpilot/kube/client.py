@@ -3,8 +3,8 @@
 `kubernetes_asyncio` does the parts that are hard to get right — reading a kubeconfig (contexts,
 client certificates, exec and token plugins) or the in-cluster service account, TLS, and
 bearer-token refresh — and its `ApiClient` carries the requests. Its generated typed API
-classes are not used: meshpilot reads Services, EndpointSlices, Pods, Leases and Istio custom
-resources the same way, as dictionaries, so one small set of verbs (list, watch, get, create,
+classes are not used: meshpilot reads Services, EndpointSlices, Pods, Leases, Secrets and Istio
+custom resources the same way, as dictionaries, so one small set of verbs (list, watch, get, create,
 replace, replace_status, apply, delete) covers all of them and a watch stream is read line by
 line with full control over `resourceVersion`, bookmarks and 410 Gone.
 
@@ -96,6 +96,7 @@ PODS = Resource("", "v1", "pods", "Pod")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+SECRETS = Resource("", "v1", "secrets", "Secret")
 
 
 def plural_of(kind: str) -> str:
@@ -267,12 +268,15 @@ class KubeClient:
     # Verbs -------------------------------------------------------------------------------------
 
     async def list(self, resource: Resource, namespace: str | None = None, *,
-                   label_selector: str = "", limit: int = 500) -> ObjectList:
+                   label_selector: str = "", field_selector: str = "",
+                   limit: int = 500) -> ObjectList:
         """Every object (all pages), and the resourceVersion to watch from."""
         items: list[Object] = []
         query: dict[str, str] = {"limit": str(limit)}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         while True:
             page = await self.request("GET", resource.path(namespace), query=query)
             for item in page.get("items") or []:
@@ -288,6 +292,7 @@ class KubeClient:
 
     async def watch(self, resource: Resource, resource_version: str,
                     namespace: str | None = None, *, label_selector: str = "",
+                    field_selector: str = "",
                     timeout_seconds: int = 0) -> AsyncIterator[WatchEvent]:
         """Changes after `resource_version`, until the server ends the stream.
 
@@ -299,6 +304,8 @@ class KubeClient:
                  "resourceVersion": resource_version}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         # No total timeout: the stream lasts `seconds`; a silent connection is cut after a read
         # gap well beyond the bookmark interval.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=seconds + 30)

@@ -6,10 +6,11 @@ Namespace, the ServiceAccount, RBAC, the Service and the Deployment.
 
 RBAC is derived from the code, not written by hand: the resources the Kubernetes registry
 (`registry/kube.py`) and config store (`config/kube_source.py`) list and watch, the status
-subresource the status writer (`kube/status.py`) replaces, and the Lease the leader elector
-(`kube/leader.py`) gets, creates and updates. Reads are cluster-wide (a ClusterRole, since
-both watch every namespace); the Lease lives in the install namespace, so its verbs are a Role
-there.
+subresource the status writer (`kube/status.py`) replaces, the Lease the leader elector
+(`kube/leader.py`) gets, creates and updates, and — with `--signing-rotation` — the Secret the
+signing-CA rotation (`kube/signing.py`) reads, lists, watches, creates and replaces. Reads are
+cluster-wide (a ClusterRole, since both watch every namespace); the Lease and the Secret live
+in the install namespace, so their verbs are a Role there.
 
 CRDs: Istio's published CRDs carry full OpenAPI schemas, far too large to generate here. These
 are minimal — every version meshpilot reads, served, one stored, the spec and status kept as
@@ -29,7 +30,15 @@ import yaml
 
 from meshpilot import __version__
 from meshpilot.config.kinds import SUPPORTED_KINDS, KindSpec
-from meshpilot.kube.client import ENDPOINT_SLICES, LEASES, PODS, SERVICES, Resource, plural_of
+from meshpilot.kube.client import (
+    ENDPOINT_SLICES,
+    LEASES,
+    PODS,
+    SECRETS,
+    SERVICES,
+    Resource,
+    plural_of,
+)
 from meshpilot.kube.replicas import DEFAULT_LEASE
 
 Object = dict[str, Any]
@@ -41,6 +50,9 @@ DEFAULT_IMAGE = f"meshpilot:{__version__}"
 LIST_WATCH = ["list", "watch"]
 LEASE_VERBS = ["get", "create", "update"]
 """Leader election: read the Lease, create it when absent, renew or take it over (PUT)."""
+SIGNING_VERBS = ["get", "list", "watch", "create", "update"]
+"""Signing-CA rotation: every replica lists and watches the Secret; the leader reads it, creates
+it when absent and replaces it (PUT with the resourceVersion read)."""
 STATUS_VERBS = ["update"]
 """The status writer replaces the status subresource (PUT with the resourceVersion read)."""
 
@@ -58,6 +70,9 @@ class InstallOptions:
     ca_secret: str = ""
     """A Secret holding a plug-in CA (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
     `cert-chain.pem`), mounted as `--ca-dir`; '' runs without a mesh CA."""
+    signing_rotation: float = 0.0
+    """With several replicas and a self-signed root in `ca_secret`: the leader rotates a
+    signing intermediate every this many seconds, kept in a Secret (`kube/signing.py`)."""
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     @property
@@ -65,7 +80,14 @@ class InstallOptions:
         """`--replicas-lease` when several replicas run: only one may write status."""
         if self.replicas <= 1:
             return ""
-        return f"kube://?namespace={quote(self.namespace)}&name={DEFAULT_LEASE}"
+        lease = f"kube://?namespace={quote(self.namespace)}&name={DEFAULT_LEASE}"
+        if self.rotates:
+            lease += f"&signingRotation={self.signing_rotation:g}"
+        return lease
+
+    @property
+    def rotates(self) -> bool:
+        return self.replicas > 1 and self.signing_rotation > 0
 
 
 def _uses_kube(addresses: Iterable[str]) -> bool:
@@ -142,7 +164,12 @@ def cluster_rules(options: InstallOptions) -> list[Object]:
 
 
 def namespace_rules(options: InstallOptions) -> list[Object]:
-    return _rule((LEASES,), LEASE_VERBS) if options.lease else []
+    if not options.lease:
+        return []
+    rules = _rule((LEASES,), LEASE_VERBS)
+    if options.rotates:
+        rules += _rule((SECRETS,), SIGNING_VERBS)
+    return rules
 
 
 def _rbac(options: InstallOptions) -> list[Object]:
@@ -255,6 +282,11 @@ def _service(options: InstallOptions) -> Object:
 def manifests(options: InstallOptions) -> list[Object]:
     if options.replicas < 1:
         raise ValueError("--replicas must be at least 1")
+    if options.signing_rotation > 0 and not options.ca_secret:
+        raise ValueError("--signing-rotation needs --ca-secret (a self-signed root and its key)")
+    if options.signing_rotation > 0 and options.replicas < 2:
+        raise ValueError("--signing-rotation is done by the leader of several replicas: "
+                         "--replicas 2 or more")
     objects: list[Object] = []
     if options.crds and _uses_kube(options.config_sources):
         objects += [crd(spec) for spec in _by_group_kind().values()]

@@ -4,9 +4,9 @@ write-back for Kubernetes config sources.
 
 Every replica watches the same sources and serves xDS from its own complete view, so proxies
 may connect to any of them; only the duties that must happen once — writing `status` into
-the Istio objects, and with an etcd lease and `signingRotation=` publishing a new signing
-intermediate (`etcd.signing`) — wait for the lease. Without `--replicas-lease` the one server
-is its own leader and writes status itself.
+the Istio objects, and with `signingRotation=` publishing a new signing intermediate (in etcd:
+`etcd.signing`, in a Secret: `kube.signing`) — wait for the lease. Without `--replicas-lease`
+the one server is its own leader and writes status itself.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from meshpilot.election import Elector
 from meshpilot.etcd.leader import EtcdLeaderElector
 from meshpilot.etcd.signing import signing_rotation
 from meshpilot.kube.leader import LeaderElector
+from meshpilot.kube.signing import kube_signing_rotation
 from meshpilot.kube.status import RouteConditions, StatusWriter
 from meshpilot.model import PushRequest, TriggerReason
 from meshpilot.settings import DiscoverySettings
@@ -60,8 +61,15 @@ def replica_duties(
                 settings.cert_ttl, lambda: discovery.config_update(PushRequest(
                     full=True, reasons=frozenset({TriggerReason.SECRET})))).run()
     elif settings.replicas_lease:
-        elector = LeaderElector.from_url(settings.replicas_lease, DEFAULT_LEASE)
-        yield "leader-election", elector.run()
+        kube_elector = LeaderElector.from_url(settings.replicas_lease, DEFAULT_LEASE)
+        elector = kube_elector
+        yield "leader-election", kube_elector.run()
+        if kube_elector.options.param("signingRotation"):
+            runtime = discovery.security_runtime
+            yield "signing-ca", kube_signing_rotation(
+                kube_elector, runtime.certificates if runtime else None, settings.ca_dir,
+                settings.cert_ttl, lambda: discovery.config_update(PushRequest(
+                    full=True, reasons=frozenset({TriggerReason.SECRET})))).run()
     if not settings.write_status:
         return
     routes = route_conditions(discovery.store)
