@@ -27,8 +27,10 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as network_ext_authz_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -41,6 +43,7 @@ from meshpilot.config.validation import validate_config
 from meshpilot.envoy import names
 from meshpilot.envoy.generators import GENERATORS
 from meshpilot.model import Config, Kind, NodeType, Proxy
+from meshpilot.model.meshconfig import MeshConfig
 from meshpilot.model.security import Identity
 from meshpilot.model.snapshot import Snapshot
 from meshpilot.security.ca import CaError, CertificateAuthority, create_intermediate
@@ -610,6 +613,145 @@ def test_custom_without_a_known_provider_denies_what_it_matches() -> None:
     filters = rbac_filters(snap)
     assert decide(filters, Request(path="/x")) == 403
     assert decide(filters, Request(path="/y")) == 200
+
+
+AUTHORIZERS = [
+    Config(Kind.SERVICE_ENTRY, "authz", "default", {
+        "hosts": ["authz.example"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+        "ports": [{"number": 8000, "name": "http", "protocol": "HTTP"},
+                  {"number": 9000, "name": "grpc", "protocol": "GRPC"}],
+        "endpoints": [{"address": "127.0.0.9"}],
+    }),
+    # A Sidecar that hides every service: the authorizer's cluster must stay.
+    Config(Kind.SIDECAR, "default", "default", {"egress": [{"hosts": ["istio-system/*"]}]}),
+]
+PROVIDERS = {"extensionProviders": [
+    {"name": "http-authz", "envoyExtAuthzHttp": {
+        "service": "authz.example", "port": 8000, "timeout": "2s", "pathPrefix": "/check",
+        "failOpen": True, "statusOnError": "503",
+        "includeRequestHeadersInCheck": ["x-ext-authz", "x-user-*"],
+        "includeAdditionalHeadersInCheck": {"x-from": "mesh"},
+        "headersToUpstreamOnAllow": ["x-verdict"], "headersToDownstreamOnDeny": ["x-reason"],
+        "headersToDownstreamOnAllow": ["*-cookie"],
+        "includeRequestBodyInCheck": {"maxRequestBytes": 1024, "allowPartialMessage": True}}},
+    {"name": "grpc-authz", "envoyExtAuthzGrpc": {
+        "service": "default/authz.example", "port": 9000}},
+    {"name": "tracer", "zipkin": {"service": "authz.example", "port": 8000}},
+    {"name": "lost", "envoyExtAuthzHttp": {"service": "nowhere.example", "port": 80}},
+    {"name": "bare-http", "envoyExtAuthzHttp": {"service": "authz.example", "port": 8000}},
+]}
+
+
+def custom(name: str, provider: str, paths: list[str] | None = None) -> Config:
+    rule = {"to": [{"operation": {"paths": paths}}]} if paths else {}
+    return authz(name, {"action": "CUSTOM", "provider": {"name": provider}, "rules": [rule]})
+
+
+def with_authorizers(*configs: Config) -> Snapshot:
+    return dataclasses.replace(snapshot(None, *AUTHORIZERS, *configs),
+                               mesh=MeshConfig.from_user(PROVIDERS))
+
+
+def inbound_http_filters(snap: Snapshot) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for item in manager(listener(snap, 9080).filter_chains[0]).http_filters:
+        config: Any = {"envoy.filters.http.rbac": http_rbac_pb2.RBAC,
+                       "envoy.filters.http.ext_authz": http_ext_authz_pb2.ExtAuthz}.get(item.name)
+        if config is not None:
+            out.append((item.name, config()))
+            item.typed_config.Unpack(out[-1][1])
+    return out
+
+
+def test_custom_http_provider_is_asked_about_matching_requests_only() -> None:
+    snap = with_authorizers(custom("ext", "http-authz", ["/x", "/admin/*"]),
+                            authz("deny", {"action": "DENY", "rules": [
+                                {"to": [{"operation": {"paths": ["/secret"]}}]}]}))
+    filters = inbound_http_filters(snap)
+    assert [n for n, _ in filters] == ["envoy.filters.http.rbac", "envoy.filters.http.ext_authz",
+                                       "envoy.filters.http.rbac"]
+    (_, marker), (_, ext), (_, deny) = filters
+    # The marker never decides: its rules are shadow rules only, and name the policy Istio's way.
+    assert not marker.HasField("rules") and marker.shadow_rules_stat_prefix == "istio_ext_authz_"
+    assert list(marker.shadow_rules.policies) == ["istio-ext-authz-ns[default]-policy[ext]-rule[0]"]
+    assert _matches(marker.shadow_rules, Request(path="/admin/users"))
+    assert not _matches(marker.shadow_rules, Request(path="/y"))
+    assert decide([marker, deny], Request(path="/x")) == 200
+    assert decide([marker, deny], Request(path="/secret")) == 403
+    enabled = ext.filter_enabled_metadata
+    assert enabled.filter == "envoy.filters.http.rbac"
+    assert [p.key for p in enabled.path] == ["istio_ext_authz_shadow_effective_policy_id"]
+    assert enabled.value.string_match.prefix == "istio-ext-authz-"
+    service = ext.http_service
+    assert service.server_uri.cluster == "outbound|8000||authz.example"
+    assert service.server_uri.uri == "http://authz.example"
+    assert service.server_uri.timeout.seconds == 2 and service.path_prefix == "/check"
+    assert ext.failure_mode_allow and ext.status_on_error.code == 503
+    assert [(m.exact, m.prefix, m.ignore_case) for m in ext.allowed_headers.patterns] == [
+        ("x-ext-authz", "", True), ("", "x-user-", True)]
+    assert [(h.key, h.value) for h in service.authorization_request.headers_to_add] == [
+        ("x-from", "mesh")]
+    response = service.authorization_response
+    assert [m.exact for m in response.allowed_upstream_headers.patterns] == ["x-verdict"]
+    assert [m.exact for m in response.allowed_client_headers.patterns] == ["x-reason"]
+    assert [m.suffix for m in response.allowed_client_headers_on_success.patterns] == ["-cookie"]
+    assert ext.with_request_body.max_request_bytes == 1024
+    assert ext.with_request_body.allow_partial_message
+
+
+def test_custom_grpc_provider_defaults_and_tcp() -> None:
+    snap = with_authorizers(custom("ext", "grpc-authz"))
+    (_, (_, ext)) = inbound_http_filters(snap)
+    assert ext.grpc_service.envoy_grpc.cluster_name == "outbound|9000||authz.example"
+    assert ext.grpc_service.timeout.seconds == 600  # Istio's default: 10 minutes
+    assert not ext.failure_mode_allow and ext.status_on_error.code == 403
+    chain = listener(snap, 5432).filter_chains[0]
+    assert [f.name for f in chain.filters] == [
+        "envoy.filters.network.rbac", "envoy.filters.network.ext_authz",
+        "envoy.filters.network.tcp_proxy"]
+    tcp_marker, tcp_ext = network_rbac_pb2.RBAC(), network_ext_authz_pb2.ExtAuthz()
+    chain.filters[0].typed_config.Unpack(tcp_marker)
+    chain.filters[1].typed_config.Unpack(tcp_ext)
+    assert not tcp_marker.HasField("rules") and tcp_marker.shadow_rules.policies
+    assert tcp_ext.grpc_service.envoy_grpc.cluster_name == "outbound|9000||authz.example"
+    assert tcp_ext.filter_enabled_metadata.filter == "envoy.filters.network.rbac"
+
+
+def test_custom_falls_back_to_deny_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # Unknown, not an authorizer, unknown service, a second provider on the workload.
+    for provider in ("opa", "tracer", "lost"):
+        caplog.clear()
+        filters = rbac_filters(with_authorizers(custom(f"ext-{provider}", provider, ["/x"])))
+        assert decide(filters, Request(path="/x")) == 403
+        assert decide(filters, Request(path="/y")) == 200
+        assert f"ext-{provider}" in caplog.text and repr(provider) in caplog.text
+    caplog.clear()
+    snap = with_authorizers(custom("a", "http-authz", ["/a"]), custom("b", "grpc-authz", ["/b"]))
+    names_ = [n for n, _ in inbound_http_filters(snap)]
+    assert names_ == ["envoy.filters.http.rbac", "envoy.filters.http.ext_authz",
+                      "envoy.filters.http.rbac"]
+    assert decide(rbac_filters(snap), Request(path="/b")) == 403
+    assert "'grpc-authz'" in caplog.text and "one CUSTOM provider" in caplog.text
+    # An HTTP provider cannot check a TCP connection: what the rules match is denied there.
+    caplog.clear()
+    tcp = rbac_filters(with_authorizers(custom("ext", "http-authz")), port=5432)
+    assert decide(tcp, Request(port=5432)) == 403
+    assert "HTTP provider" in caplog.text
+
+
+def test_the_authorizers_cluster_survives_the_sidecar_scope() -> None:
+    snap = with_authorizers()
+    found = {r.name for r in GENERATORS[names.CLUSTER].generate(snap, sidecar("client"), None)}
+    assert {"outbound|8000||authz.example", "outbound|9000||authz.example"} <= found
+    assert f"outbound|9080||{REVIEWS}" not in found  # hidden by the Sidecar
+
+
+@pytest.mark.parametrize("provider", ["http-authz", "bare-http", "grpc-authz"])
+def test_envoy_accepts_custom_providers(provider: str) -> None:
+    snap = with_authorizers(custom("ext", provider, ["/x"]),
+                            authz("deny", {"action": "DENY", "rules": [{}]}))
+    for proxy in (reviews_proxy(), sidecar("client")):
+        assert envoy_rejects(snap, proxy) == "", provider
 
 
 def test_selection_by_namespace_and_root_namespace() -> None:

@@ -10,6 +10,12 @@ for auto mTLS):
     server     default/sa/server   `server.example`: mTLS modes, certificates, rotation
     guarded    default/sa/guarded  `guarded.example` (HTTP) and `vault.example` (TCP): authz
     tokens     default/sa/tokens   `tokens.example`: RequestAuthentication
+    custom     default/sa/custom   `custom.example`: CUSTOM policies and the ext-authz server
+
+The external authorizers are an HTTP and a gRPC server the test runs outside the mesh, registered
+as Istio expects: MESH_EXTERNAL ServiceEntries (`ext-authz.example`, `ext-authz-grpc.example`)
+the MeshConfig providers name. `ext-authz-down.example` has nothing listening, for failOpen and
+statusOnError.
 
 Each test writes the policy it needs and polls until the mesh behaves accordingly (there are no
 sleeps sized to the debounce). TLS is checked with Python's `ssl` against the inbound listeners
@@ -29,15 +35,18 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
 
 from meshpilot.demo.mesh import Mesh, Workload, get_json, http_request, wait_until
 from meshpilot.model.security import Identity
@@ -74,6 +83,119 @@ spec:
 """
 
 
+class Authorizer:
+    """An HTTP ext-authz server: allows requests carrying `x-ext-authz: allow`, denies others
+    with 403 and an `x-ext-authz-reason` header; records the paths it was asked about."""
+
+    def __init__(self, address: str) -> None:
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Envoy's connection pool expects
+
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                allowed = self.headers.get("x-ext-authz") == "allow"
+                body = b"" if allowed else b"denied by the test authorizer\n"
+                self.send_response(200 if allowed else 403)
+                if not allowed:
+                    self.send_header("x-ext-authz-reason", "not-allowed-by-test")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer((address, 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class GrpcAuthorizer:
+    """The same decisions as `Authorizer`, as Envoy's gRPC `envoy.service.auth.v3.Authorization`
+    service (grpcio has no stubs for it: a generic handler over the xds-protos messages)."""
+
+    def __init__(self, address: str) -> None:
+        self.paths: list[str] = []
+
+        def check(request: auth_pb2.CheckRequest, _: Any) -> auth_pb2.CheckResponse:
+            http = request.attributes.request.http
+            self.paths.append(http.path)
+            response = auth_pb2.CheckResponse()
+            if http.headers.get("x-ext-authz") == "allow":
+                response.ok_response.SetInParent()  # status code 0: OK
+                return response
+            response.status.code = 7  # PERMISSION_DENIED
+            denied = response.denied_response
+            denied.status.code = 403
+            added = denied.headers.add().header
+            added.key, added.value = "x-ext-authz-reason", "not-allowed-by-grpc"
+            return response
+
+        handler = grpc.method_handlers_generic_handler("envoy.service.auth.v3.Authorization", {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=auth_pb2.CheckRequest.FromString,
+                response_serializer=auth_pb2.CheckResponse.SerializeToString),
+        })
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"{address}:0")
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(None)
+
+
+def _authorizer_config(
+    authorizer: Authorizer, grpc_authorizer: GrpcAuthorizer, address: str, down: str
+) -> tuple[str, str]:
+    """(mesh config documents, MeshConfig) for the authorizers and a dead one at `down`."""
+    entries = "\n---\n".join(f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: [{name}.example]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{{number: {port}, name: {protocol.lower()}, protocol: {protocol}}}]
+  endpoints: [{{address: {ip}}}]
+""" for name, ip, port, protocol in (
+        ("ext-authz", address, authorizer.port, "HTTP"),
+        ("ext-authz-down", down, authorizer.port, "HTTP"),
+        ("ext-authz-grpc", address, grpc_authorizer.port, "GRPC"),
+    ))
+    mesh_config = f"""
+extensionProviders:
+- name: ext-authz
+  envoyExtAuthzHttp:
+    service: ext-authz.example
+    port: {authorizer.port}
+    pathPrefix: /check
+    timeout: 5s
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToDownstreamOnDeny: [x-ext-authz-reason]
+- name: ext-authz-open
+  envoyExtAuthzHttp: {{service: ext-authz-down.example, port: {authorizer.port}, failOpen: true}}
+- name: ext-authz-closed
+  envoyExtAuthzHttp:
+    service: ext-authz-down.example
+    port: {authorizer.port}
+    statusOnError: "503"
+- name: ext-authz-grpc
+  envoyExtAuthzGrpc: {{service: ext-authz-grpc.example, port: {grpc_authorizer.port}, timeout: 5s}}
+"""
+    return entries, mesh_config
+
+
 @dataclass
 class SecureMesh:
     mesh: Mesh
@@ -81,6 +203,8 @@ class SecureMesh:
     cert_file: Path
     key_file: Path
     jwt_key: rsa.RSAPrivateKey
+    authorizer: Authorizer
+    grpc_authorizer: GrpcAuthorizer
 
     def send(self, host: str, path: str = "/", client: str = "client",
              headers: dict[str, str] | None = None,
@@ -187,9 +311,16 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureMesh]:
         Workload("server", mesh.address(20), {"app": "server"}, mesh.address(20)),
         Workload("guarded", mesh.address(21), {"app": "guarded"}, mesh.address(21)),
         Workload("tokens", mesh.address(22), {"app": "tokens"}, mesh.address(22)),
+        Workload("custom", mesh.address(23), {"app": "custom"}, mesh.address(23)),
     ]
-    documents = [SERVICES.replace("NAME", n) for n in ("server", "guarded", "tokens")]
+    documents = [SERVICES.replace("NAME", n) for n in ("server", "guarded", "tokens", "custom")]
     documents.append(VAULT)
+    authorizer = Authorizer(mesh.address(30))
+    grpc_authorizer = GrpcAuthorizer(mesh.address(30))
+    entries, mesh_config = _authorizer_config(authorizer, grpc_authorizer, mesh.address(30),
+                                              mesh.address(31))
+    documents.append(entries)
+    (workdir / "meshconfig.yaml").write_text(mesh_config)
     for w in workloads:
         w.service_account = w.name  # the callers belong to no service: identity from the flag
         documents.append(f"""
@@ -204,7 +335,7 @@ spec:
     mesh.config_dir.mkdir(parents=True, exist_ok=True)
     mesh.write_config("mesh.yaml", "\n---\n".join(documents))
     mesh.start_discovery(["--debounce-after", "0.05", "--ca-dir", str(ca_dir),
-                          "--cert-ttl", "20"])
+                          "--cert-ttl", "20", "--mesh-config", str(workdir / "meshconfig.yaml")])
     try:
         mesh.wait_ready()
         for workload in workloads:
@@ -218,9 +349,12 @@ spec:
         cert_file.write_bytes(issued.certificate_chain)
         key_file.write_bytes(issued.private_key)
         jwt_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        yield SecureMesh(mesh, ca_dir, cert_file, key_file, jwt_key)
+        yield SecureMesh(mesh, ca_dir, cert_file, key_file, jwt_key, authorizer,
+                         grpc_authorizer)
     finally:
         mesh.stop()
+        authorizer.close()
+        grpc_authorizer.close()
 
 
 def settled(check: Any, what: str, timeout: float = 20) -> None:
@@ -439,3 +573,77 @@ spec:
         seen = json.loads(body)["headers"]
         assert status == 200 and "authorization" not in seen
         assert json.loads(base64.urlsafe_b64decode(seen["x-jwt-payload"] + "=="))["sub"] == "alice"
+
+
+CUSTOM = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: custom, namespace: default}
+spec:
+  selector: {matchLabels: {app: custom}}
+  action: CUSTOM
+  provider: {name: PROVIDER}
+  rules:
+  - to: [{operation: {paths: [/guarded/*]}}]
+"""
+
+
+def test_custom_policy_asks_the_external_authorizer(secure: SecureMesh) -> None:
+    paths = secure.authorizer.paths
+    secure.policy("custom", CUSTOM.replace("PROVIDER", "ext-authz"))
+    try:
+        # The authorizer's header, not just a 403: another test's policy may still be draining.
+        settled(lambda: secure.send("custom.example", "/guarded/a")[1].get(
+            "x-ext-authz-reason") == "not-allowed-by-test", "the CUSTOM policy in force")
+        # Denied by the authorizer, whose header reaches the client (headersToDownstreamOnDeny).
+        paths.clear()
+        status, headers, body = secure.send("custom.example", "/guarded/a")
+        assert status == 403 and headers.get("x-ext-authz-reason") == "not-allowed-by-test"
+        assert b"denied by the test authorizer" in body
+        assert paths == ["/check/guarded/a"]  # pathPrefix, then the request's path
+        allow = {"x-ext-authz": "allow"}  # includeRequestHeadersInCheck sends it along
+        status, _, body = secure.send("custom.example", "/guarded/b", headers=allow)
+        assert status == 200 and b"custom" in body  # the echo app answered
+        assert paths[-1] == "/check/guarded/b"
+        # What the rules do not match never reaches the authorizer.
+        paths.clear()
+        assert secure.status("custom.example", "/open") == 200
+        assert secure.status("custom.example", "/guarded") == 200
+        assert paths == []
+    finally:
+        secure.remove_policy("custom")
+
+
+def test_custom_policy_when_the_authorizer_is_down(secure: SecureMesh) -> None:
+    try:
+        secure.policy("custom", CUSTOM.replace("PROVIDER", "ext-authz-closed"))
+        settled(lambda: secure.status("custom.example", "/guarded/a") == 503,
+                "statusOnError while the authorizer is unreachable")
+        assert secure.status("custom.example", "/open") == 200
+        secure.policy("custom", CUSTOM.replace("PROVIDER", "ext-authz-open"))
+        settled(lambda: secure.status("custom.example", "/guarded/a") == 200,
+                "failOpen while the authorizer is unreachable")
+        # An unknown provider denies what the rules match, never lets it through unchecked.
+        secure.policy("custom", CUSTOM.replace("PROVIDER", "nobody"))
+        settled(lambda: secure.status("custom.example", "/guarded/a") == 403,
+                "the unknown provider's rules denied")
+        assert secure.status("custom.example", "/open") == 200
+    finally:
+        secure.remove_policy("custom")
+
+
+def test_custom_policy_with_a_grpc_authorizer(secure: SecureMesh) -> None:
+    paths = secure.grpc_authorizer.paths
+    secure.policy("custom", CUSTOM.replace("PROVIDER", "ext-authz-grpc"))
+    try:
+        settled(lambda: secure.send("custom.example", "/guarded/a")[1].get(
+            "x-ext-authz-reason") == "not-allowed-by-grpc", "the gRPC provider in force")
+        paths.clear()
+        status, headers, _ = secure.send("custom.example", "/guarded/a")
+        assert status == 403 and headers.get("x-ext-authz-reason") == "not-allowed-by-grpc"
+        allow = {"x-ext-authz": "allow"}
+        assert secure.status("custom.example", "/guarded/b", headers=allow) == 200
+        assert secure.status("custom.example", "/open") == 200
+        assert paths == ["/guarded/a", "/guarded/b"]  # never `/open`
+    finally:
+        secure.remove_policy("custom")

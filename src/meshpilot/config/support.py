@@ -176,8 +176,9 @@ SUPPORTED: Mapping[str, Tree] = {
         "egress": [{"port": ALL, "bind": ALL, "hosts": ALL, "captureMode": ALL}],
         "outboundTrafficPolicy": {"mode": ALL},
     },
-    # security.istio.io: envoy/mtls.py, authz.py and jwt.py. `targetRef(s)` (Kubernetes
-    # Gateway API attachment) and `serviceAccounts` sources are not applied.
+    # security.istio.io: envoy/mtls.py, authz.py (CUSTOM's provider: ext_authz.py) and jwt.py.
+    # `targetRef(s)` (Kubernetes Gateway API attachment) and `serviceAccounts` sources are not
+    # applied.
     Kind.PEER_AUTHENTICATION: {
         "selector": {"matchLabels": ALL}, "mtls": {"mode": ALL},
         "portLevelMtls": {ANY_KEY: {"mode": ALL}},

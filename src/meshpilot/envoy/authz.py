@@ -33,9 +33,15 @@ TCP ports get the RBAC network filter. HTTP-only fields (hosts, methods, paths, 
 principals, `request.*` conditions) cannot apply there: as in Istio, an ALLOW rule using them is
 dropped (it matches nothing), while a DENY rule is kept without them (it denies more).
 
-CUSTOM delegates to an external authorizer named in MeshConfig's extensionProviders, which
-meshpilot does not read: every CUSTOM provider is unknown, and Istio's answer to an unknown
-provider is to deny what the policy's rules match rather than let it through unchecked.
+CUSTOM delegates to the external authorizer its `provider.name` names in MeshConfig's
+`extensionProviders` (`envoyExtAuthzHttp` or `envoyExtAuthzGrpc`, ext_authz.py). As in Istio the
+authorizer is asked only about the requests the policy's rules match: a shadow RBAC filter
+(policies named `istio-ext-authz-…`) writes the matching policy's id into dynamic metadata, and
+the ext_authz filter after it is enabled only by that marker. An unknown provider (or a second
+one on the same workload, which Istio refuses) keeps the safe answer: an RBAC filter denies what
+the policy's rules match rather than let it through unchecked. On TCP ports only a gRPC provider
+can be asked (the network ext_authz filter); with an HTTP provider the rules' matches are denied.
+Dry-run CUSTOM policies are counted by a shadow RBAC filter and never call the authorizer.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2
@@ -54,6 +61,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2
 from google.protobuf.message import Message
 
+from meshpilot.envoy import ext_authz
 from meshpilot.envoy.jwt import FILTER as JWT_FILTER
 from meshpilot.envoy.jwt import PAYLOAD_KEY, jwt_filter
 from meshpilot.model import Config, Proxy
@@ -89,9 +97,16 @@ def dry_run(policy: Config) -> bool:
 
 
 def http_filters(snapshot: Snapshot, proxy: Proxy) -> list[tuple[str, Message]]:
-    """The RBAC HTTP filters for the proxy's inbound HTTP ports, in evaluation order."""
+    """The RBAC (and ext_authz) HTTP filters for the proxy's inbound HTTP ports, in
+    evaluation order."""
     out: list[tuple[str, Message]] = []
     for _, rules, shadow, prefix in _filters(snapshot, proxy, tcp=False):
+        if isinstance(rules, _External):
+            marker = http_rbac_pb2.RBAC(shadow_rules_stat_prefix=ext_authz.STAT_PREFIX)
+            marker.shadow_rules.CopyFrom(rules.rules)
+            out.append((HTTP_FILTER, marker))
+            out.append((ext_authz.HTTP_FILTER, ext_authz.http_filter(rules.provider)))
+            continue
         config = http_rbac_pb2.RBAC()
         if rules is not None:
             config.rules.CopyFrom(rules)
@@ -106,6 +121,14 @@ def network_filters(snapshot: Snapshot, proxy: Proxy, port: int) -> list[tuple[s
     """The RBAC network filters for one inbound TCP port, in evaluation order."""
     out: list[tuple[str, Message]] = []
     for name, rules, shadow, prefix in _filters(snapshot, proxy, tcp=True):
+        if isinstance(rules, _External):
+            marker = network_rbac_pb2.RBAC(stat_prefix=f"inbound_{port}.{name}.",
+                                           shadow_rules_stat_prefix=ext_authz.STAT_PREFIX)
+            marker.shadow_rules.CopyFrom(rules.rules)
+            out.append((NETWORK_FILTER, marker))
+            out.append((ext_authz.NETWORK_FILTER,
+                         ext_authz.network_filter(rules.provider, f"inbound_{port}.")))
+            continue
         config = network_rbac_pb2.RBAC(stat_prefix=f"inbound_{port}.{name}.")
         if rules is not None:
             config.rules.CopyFrom(rules)
@@ -116,15 +139,25 @@ def network_filters(snapshot: Snapshot, proxy: Proxy, port: int) -> list[tuple[s
     return out
 
 
+@dataclass(frozen=True)
+class _External:
+    """CUSTOM policies handed to an external authorizer: the shadow rules that mark the
+    requests to ask it about, and the provider."""
+
+    rules: rbac_pb2.RBAC
+    provider: ext_authz.Provider
+
+
 def _filters(
     snapshot: Snapshot, proxy: Proxy, tcp: bool
-) -> list[tuple[str, rbac_pb2.RBAC | None, rbac_pb2.RBAC | None, str]]:
-    """(name, enforced rules, dry-run rules, dry-run stat prefix) per action present."""
+) -> list[tuple[str, rbac_pb2.RBAC | _External | None, rbac_pb2.RBAC | None, str]]:
+    """(name, enforced rules, dry-run rules, dry-run stat prefix) per action present; CUSTOM
+    policies with a usable provider come first as one `_External`."""
     by_action: dict[str, list[Config]] = {}
     account = proxy_identity(snapshot, proxy).service_account
     for policy in authorization_policies(snapshot, proxy.namespace, proxy.labels, account):
         by_action.setdefault(action(policy), []).append(policy)
-    out = []
+    out: list[tuple[str, rbac_pb2.RBAC | _External | None, rbac_pb2.RBAC | None, str]] = []
     for name in _ORDER:
         policies = by_action.get(name)
         if not policies:
@@ -132,7 +165,11 @@ def _filters(
         enforced = [p for p in policies if not dry_run(p)]
         shadow = [p for p in policies if dry_run(p)]
         if name == CUSTOM:
-            _warn_custom(snapshot, enforced + shadow)
+            external, enforced = _external(snapshot, enforced, tcp)
+            if external is not None:
+                out.append(("ext_authz", external, None, ""))
+            if not enforced and not shadow:
+                continue
         rules = _rbac(name, enforced, tcp) if enforced else None
         shadow_rules = _rbac(name, shadow, tcp) if shadow else None
         verb = "deny" if name in (DENY, CUSTOM) else name.lower()
@@ -140,25 +177,57 @@ def _filters(
     return out
 
 
-def _warn_custom(snapshot: Snapshot, policies: Iterable[Config]) -> None:
+def _external(
+    snapshot: Snapshot, policies: Sequence[Config], tcp: bool
+) -> tuple[_External | None, list[Config]]:
+    """The CUSTOM policies one external authorizer decides on, and those left to deny (unknown
+    provider, a second provider, an HTTP provider on a TCP port)."""
+    chosen: ext_authz.Provider | None = None
+    delegated: list[Config] = []
+    denied: list[Config] = []
     for policy in policies:
-        key = ("custom-warned", policy.key)
-        if key not in snapshot.cache:
-            snapshot.cache[key] = True
-            provider = (policy.spec.get("provider") or {}).get("name", "")
-            log.warning("%s: CUSTOM provider %r is not known to meshpilot (no MeshConfig "
-                        "extensionProviders); requests its rules match are denied",
-                        policy.key, provider)
+        name = str((policy.spec.get("provider") or {}).get("name", ""))
+        provider = ext_authz.provider(snapshot, name)
+        if provider is None:
+            _warn_custom(snapshot, policy, name, "is not an envoyExtAuthzHttp or "
+                         "envoyExtAuthzGrpc provider with a known service in MeshConfig "
+                         "extensionProviders")
+        elif chosen is not None and provider.name != chosen.name:
+            _warn_custom(snapshot, policy, name, f"differs from {chosen.name!r}, already used "
+                         "for this workload (one CUSTOM provider per workload)")
+            provider = None
+        elif tcp and not provider.grpc:
+            _warn_custom(snapshot, policy, name, "is an HTTP provider, which cannot check TCP "
+                         "connections (only envoyExtAuthzGrpc can)")
+            provider = None
+        if provider is None:
+            denied.append(policy)
+        else:
+            chosen = provider
+            delegated.append(policy)
+    if chosen is None:
+        return None, denied
+    rules = _rbac(CUSTOM, delegated, tcp, prefix=ext_authz.POLICY_PREFIX)
+    return _External(rules, chosen), denied
 
 
-def _rbac(name: str, policies: Sequence[Config], tcp: bool) -> rbac_pb2.RBAC:
+def _warn_custom(snapshot: Snapshot, policy: Config, provider: str, why: str) -> None:
+    key = ("custom-warned", policy.key, provider, why)
+    if key not in snapshot.cache:
+        snapshot.cache[key] = True
+        log.warning("%s: CUSTOM provider %r %s; requests its rules match are denied",
+                    policy.key, provider, why)
+
+
+def _rbac(name: str, policies: Sequence[Config], tcp: bool, prefix: str = "") -> rbac_pb2.RBAC:
     rbac = rbac_pb2.RBAC(action=_ENVOY_ACTION[name])
     for policy in policies:
         for index, rule in enumerate(policy.spec.get("rules") or ()):
             built = _policy(rule or {}, deny=name != ALLOW, tcp=tcp)
             if built is not None:
-                rbac.policies[f"ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"]\
-                    .CopyFrom(built)
+                rbac.policies[
+                    f"{prefix}ns[{policy.namespace}]-policy[{policy.name}]-rule[{index}]"
+                ].CopyFrom(built)
     return rbac
 
 

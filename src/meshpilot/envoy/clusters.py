@@ -12,7 +12,7 @@ import logging
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from meshpilot.envoy import cluster_policies, metadata, mtls, names, passthrough
+from meshpilot.envoy import cluster_policies, ext_authz, metadata, mtls, names, passthrough
 from meshpilot.envoy.endpoints import load_assignment
 from meshpilot.envoy.protos import ads_source, duration
 from meshpilot.envoy.scope import ALLOW_ANY, Scope, destination_rule_for
@@ -27,12 +27,14 @@ CONNECT_TIMEOUT = duration(10)
 
 def outbound_clusters(snapshot: Snapshot, scope: Scope) -> list[cluster_pb2.Cluster]:
     out = []
+    # ext_authz providers are called from the inbound side, whatever the Sidecar egress says.
+    authorizers = ext_authz.provider_targets(snapshot)
     for host in sorted(snapshot.services):
         svc = snapshot.services[host]
         dr = destination_rule_for(snapshot, host, scope.namespace, scope.labels)
         subsets = [""] + [str(s["name"]) for s in (dr.spec.get("subsets") or () if dr else ())]
         for port in svc.ports:
-            if not scope.visible(svc, port.number):
+            if not scope.visible(svc, port.number) and (host, port.number) not in authorizers:
                 continue
             for subset in subsets:
                 out.append(_outbound(snapshot, svc, port, subset, scope))
