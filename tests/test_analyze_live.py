@@ -136,7 +136,8 @@ async def live() -> AsyncIterator[Live]:
     server = DiscoveryServer(store, aggregate, DebounceSettings(quiet=0.02, max_delay=0.5))
     aggregate.add(ServiceEntryRegistry(store, server))
     aggregate.add(consul)
-    analysis = ServerAnalysis(server, quiet=0.02, max_delay=0.5)
+    analysis = ServerAnalysis(server, quiet=0.02, max_delay=0.5, min_interval=0.0,
+                              endpoint_interval=0.0)
     server.analysis = analysis
     store.apply(service_entry("reviews", [REVIEWS], selector={"app": "reviews"}))
     store.apply(workload_entry("reviews-v1", "127.0.1.1", {"app": "reviews", "version": "v1"}))
@@ -208,6 +209,43 @@ async def test_a_registry_change_is_analyzed_again(live: Live) -> None:
     await live.analyzed_after_change()
     assert ("MP0004", "DestinationRule default/orders") not in codes(
         live.topic("/debug/analyze")["messages"])
+
+
+def _endpoint_push(host: str) -> PushRequest:
+    """What a registry sends when only a service's endpoints change (an EDS-only push)."""
+    return PushRequest(full=False, eds_hosts=frozenset({("default", host)}),
+                       reasons=frozenset({TriggerReason.ENDPOINT}))
+
+
+async def test_an_endpoint_change_reruns_only_the_endpoint_analyzers(live: Live) -> None:
+    assert live.analysis.endpoint_analyzers and live.analysis.config_analyzers
+    live.consul.publish(PAYMENTS, Protocol.HTTP, ("10.1.1.1", "v1", True))
+    live.server.config_update(_endpoint_push(PAYMENTS))
+    await live.analyzed_after_change()
+
+    assert live.analysis.endpoint_runs == 1
+    assert live.analysis.report is not None and live.analysis.report.endpoint_only
+    found = codes(live.topic("/debug/analyze")["messages"])
+    # The endpoint is healthy now; the config analyzers' finding is kept from the last run.
+    assert ("MP0003", f"RegistryService default/{PAYMENTS}") not in found
+    assert ("IST0101", "VirtualService default/frontend") in found
+
+
+async def test_endpoint_changes_wait_for_the_endpoint_interval(live: Live) -> None:
+    live.analysis.endpoint_interval = 3600.0
+    runs = live.analysis.runs
+    live.consul.publish(PAYMENTS, Protocol.HTTP, ("10.1.1.1", "v1", True))
+    live.server.config_update(_endpoint_push(PAYMENTS))
+    await live.server.wait_for(lambda: live.server.push_count > live.analysis._analyzed_push)
+    assert live.analysis.runs == runs  # held back by the interval
+
+    # A config change is analyzed at once, in full, and covers the endpoint change too.
+    live.store.apply(routed("frontend", "frontend.example.com", ORDERS, REVIEWS))
+    await live.analyzed_after_change()
+    assert live.analysis.endpoint_runs == 0
+    found = codes(live.topic("/debug/analyze")["messages"])
+    assert ("IST0101", "VirtualService default/frontend") not in found
+    assert ("MP0003", f"RegistryService default/{PAYMENTS}") not in found
 
 
 def _registry_push() -> PushRequest:

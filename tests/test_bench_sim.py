@@ -116,3 +116,32 @@ def test_fleet_scenarios_reach_every_proxy(server: tuple[Mesh, MeshpilotServer])
                 assert proxy[short]["status"] == "SYNCED", proxy
     finally:
         fleet.stop()
+
+
+def test_workers_serve_proxies_that_all_reach_synced(tmp_path: Path) -> None:
+    """`--workers 2`: proxies spread over two processes on one port; the debug address still
+    sees every one of them, each SYNCED, also after a push."""
+    mesh = Mesh(tmp_path / "mesh", services=20, endpoints=2)
+    mesh.write()
+    running = MeshpilotServer(mesh.root, 0.02, 2, tmp_path / "server.log",
+                              extra=("--no-analysis",))
+    fleet: Fleet | None = None
+    try:
+        running.wait_ready()
+        fleet = Fleet(f"127.0.0.1:{running.xds_port}", proxies=8, procs=2,
+                      namespace=NAMESPACE, delta=False)
+        fleet.wait_synced(quiet=0.5, timeout=60)
+        routing = run_scenario(fleet, running.pid, lambda _: mesh.change_virtual_service(),
+                               reps=1, quiet=0.5, expected=8)
+        assert routing.reached == [8]
+        assert routing.types == {ROUTE: 8}
+        status = running.get("/debug/syncz")
+        assert len(status) == 8
+        for proxy in status:
+            for short in ("CDS", "LDS", "EDS", "RDS"):
+                assert proxy[short]["status"] == "SYNCED", proxy
+        assert running.get("/debug/adsz")["totalClients"] == 8
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        running.stop()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from tests.configs import destination_rule, service_entry, workload_entry
+from meshpilot.debug.syncz import Sync, type_status
+from meshpilot.envoy.generators import GENERATORS
+from meshpilot.model import Config, Kind, PushRequest
+from tests.configs import destination_rule, service_entry, virtual_service, workload_entry
 from tests.conftest import Harness
 from tests.xds_client import (
     CLUSTER,
@@ -187,3 +191,126 @@ async def test_delta_nack_recorded(xds: Harness) -> None:
     connection = next(iter(xds.server.connections.values()))
     assert connection.watches[CLUSTER].last_error == "no thanks"
     await client.close()
+
+
+RATINGS = "ratings.default.svc.cluster.local"
+
+
+def two_route_configs(harness: Harness) -> None:
+    """reviews on 9080 and ratings on 9090: two RouteConfigurations, `9080` and `9090`."""
+    mesh(harness)
+    harness.store.apply(service_entry(
+        "ratings", [RATINGS], ports=[{"number": 9090, "name": "http", "protocol": "HTTP"}]))
+    harness.store.apply(reviews_routes("5s"))
+
+
+def reviews_routes(timeout: str) -> Config:
+    return virtual_service("reviews", [REVIEWS], [
+        {"route": [{"destination": {"host": REVIEWS}}], "timeout": timeout}])
+
+
+async def synced_routes(harness: Harness, client: AdsClient) -> Any:
+    for type_url in (CLUSTER, LISTENER):
+        await client.ack(await client.request(type_url))
+    routes = await client.request(ROUTE, ["9080", "9090"])
+    assert sorted(resource_names(routes)) == ["9080", "9090"]
+    await client.ack(routes, ["9080", "9090"])
+    await client.expect_no_response()
+    return routes
+
+
+async def test_virtualservice_change_sends_only_the_changed_route_config(xds: Harness) -> None:
+    two_route_configs(xds)
+    xds.store.mark_synced()
+    client = AdsClient(xds.port)
+    await synced_routes(xds, client)
+
+    xds.store.apply(reviews_routes("7s"))
+    update = await client.expect_response(ROUTE)
+    # SotW RDS may carry a subset: only the RouteConfiguration the change touched.
+    (config,) = unpack(update)
+    assert config.name == "9080"
+    assert any(r.route.timeout.seconds == 7 for vh in config.virtual_hosts for r in vh.routes)
+    await client.ack(update, ["9080", "9090"])
+    await client.expect_no_response()
+    connection = next(iter(xds.server.connections.values()))
+    assert type_status(connection.watches[ROUTE]).status is Sync.SYNCED
+
+    # A new name is answered in full, whatever was sent before.
+    xds.store.apply(service_entry(
+        "details", ["details.default.svc.cluster.local"],
+        ports=[{"number": 9091, "name": "http", "protocol": "HTTP"}]))
+    while (response := await client.expect_response()).type_url != LISTENER:
+        assert response.type_url != ROUTE  # the existing route configs did not change
+    await client.send(ROUTE, ["9080", "9090", "9091"], nonce=update.nonce)
+    more = await client.expect_response(ROUTE)
+    assert sorted(resource_names(more)) == ["9080", "9090", "9091"]
+    await client.close()
+
+
+async def test_after_a_route_nack_the_whole_set_is_sent_again(xds: Harness) -> None:
+    two_route_configs(xds)
+    xds.store.mark_synced()
+    client = AdsClient(xds.port)
+    await synced_routes(xds, client)
+
+    xds.store.apply(reviews_routes("7s"))
+    update = await client.expect_response(ROUTE)
+    await client.nack(update, "route rejected", ["9080", "9090"])
+    await client.expect_no_response()
+    connection = next(iter(xds.server.connections.values()))
+    assert type_status(connection.watches[ROUTE]).status is Sync.ERROR
+
+    # The next change goes out with every route config, the rejected one included, so the
+    # proxy's verdict covers it: an ACK of a subset could not clear the error honestly.
+    xds.store.apply(reviews_routes("9s"))
+    again = await client.expect_response(ROUTE)
+    assert sorted(resource_names(again)) == ["9080", "9090"]
+    await client.ack(again, ["9080", "9090"])
+    await client.expect_no_response()
+    assert type_status(connection.watches[ROUTE]).status is Sync.SYNCED
+    await client.close()
+
+
+async def test_an_ack_repeating_the_names_builds_no_new_name_set(xds: Harness) -> None:
+    mesh(xds)
+    xds.store.mark_synced()
+    client = AdsClient(xds.port)
+    names = [V1, f"outbound|9080|v1|{REVIEWS}"]
+    eds = await client.request(ENDPOINT, names)
+    connection = next(iter(xds.server.connections.values()))
+    state = connection.watches[ENDPOINT]
+    for _ in range(3):
+        await client.ack(eds, names)
+        await client.expect_no_response(0.1)
+    xds.store.apply(
+        workload_entry("reviews-v2", "127.0.1.2", {"app": "reviews", "version": "v2"})
+    )
+    update = await client.expect_response(ENDPOINT)
+    await client.ack(update, names)
+    await client.expect_no_response(0.1)
+    assert state.nonce_acked == update.nonce
+    assert state.name_sets == 0  # every ACK repeated the names: the set was reused
+
+    # Different names are a new subscription: built, and answered.
+    await client.send(ENDPOINT, [V1], nonce=update.nonce)
+    await client.expect_response(ENDPOINT)
+    assert state.name_sets == 1
+    assert state.names == frozenset({V1})
+    await client.close()
+
+
+def test_a_virtualservice_push_skips_clusters_and_endpoints_unless_merged_wider() -> None:
+    routing = PushRequest(full=True, config_kinds=frozenset({Kind.VIRTUAL_SERVICE}))
+    assert routing.routing_only
+    assert not GENERATORS[CLUSTER].concerns(routing)
+    assert not GENERATORS[ENDPOINT].concerns(routing)
+    assert GENERATORS[ROUTE].concerns(routing) and GENERATORS[LISTENER].concerns(routing)
+    # A full push naming no kinds (a registry change) stands for all of them.
+    everything = PushRequest(full=True).merge(routing)
+    assert everything.config_kinds == frozenset() and not everything.routing_only
+    # An endpoint change merged in still reaches EDS; a DestinationRule reaches CDS.
+    assert not routing.merge(PushRequest(full=False, eds_hosts=frozenset({("default", REVIEWS)}))
+                             ).routing_only
+    rule = PushRequest(full=True, config_kinds=frozenset({Kind.DESTINATION_RULE}))
+    assert GENERATORS[CLUSTER].concerns(routing.merge(rule))

@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -145,7 +146,14 @@ async def stop(running: Running) -> None:
         await running.console.stop()
 
 
-async def serve(settings: DiscoverySettings) -> None:
+async def serve(
+    settings: DiscoverySettings, on_started: Callable[[Running], None] | None = None
+) -> None:
+    if settings.workers > 1:
+        from meshpilot.workers import serve_workers
+
+        await serve_workers(settings)
+        return
     discovery = build_discovery(settings)
     if settings.analysis:
         discovery.analysis = ServerAnalysis(discovery)
@@ -156,6 +164,8 @@ async def serve(settings: DiscoverySettings) -> None:
         running.xds_port,
         settings.debug_address,
     )
+    if on_started is not None:
+        on_started(running)  # a worker tells its supervisor where its debug HTTP is
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()

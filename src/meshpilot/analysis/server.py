@@ -7,10 +7,17 @@ One task per server (`ServerAnalysis.run`), off the push path:
    debounced by the server);
 2. wait for a short quiet period more (`quiet` seconds without a further push, at most
    `max_delay` after the first), so a burst of endpoint updates costs one analysis;
-3. capture the inputs on the event loop, where stores and registries live, and run the
-   analyzers in a worker thread (`asyncio.to_thread`): analysis of a large mesh takes a while
-   and must never hold up xDS;
-4. publish the result as one immutable `Report` (readers never see half an analysis).
+3. rate-limit: an analysis starts at least `min_interval` seconds after the previous one
+   ended, and when every push since then was endpoint-only (EDS), at least
+   `endpoint_interval` after it, running only the analyzers that read endpoints
+   (`reads_endpoints`) and keeping the other analyzers' messages from the last run. Endpoint
+   churn is the bulk of a large mesh's pushes; analyzing the whole config on each of them cost
+   more CPU than the pushes themselves (and kept a 1,000-service server busy between them);
+4. capture the inputs on the event loop, where stores and registries live (the analysis
+   Resource of a config is kept while the config object is unchanged, so a capture of an
+   unchanged store is a walk over it), and run the analyzers in a worker thread
+   (`asyncio.to_thread`): analysis of a large mesh takes a while and must never hold up xDS;
+5. publish the result as one immutable `Report` (readers never see half an analysis).
 
 What it publishes: `/debug/analyze` (every message, and per resource), the `analysis` entry of
 each `/debug/configz` config, and the gauge `meshpilot_analysis_messages{level,code}`.
@@ -34,14 +41,16 @@ from prometheus_client.registry import Collector
 
 from meshpilot.analysis.analyzer import Analyzer
 from meshpilot.analysis.analyzers import ALL
-from meshpilot.analysis.live import analyze_inputs, capture
+from meshpilot.analysis.live import ServerInputs, analyze_inputs, resource_from_config
 from meshpilot.analysis.meshconfig import MeshConfig
 from meshpilot.analysis.message import Message
 from meshpilot.analysis.messages import message_type
 from meshpilot.analysis.output import as_dict
-from meshpilot.analysis.resource import Collection, Resource
+from meshpilot.analysis.registries import read_registries
+from meshpilot.analysis.resource import WORKLOAD_ENTRY, Collection, Resource
+from meshpilot.analysis.run import deduplicate
 from meshpilot.config.kinds import NETWORKING_GROUP
-from meshpilot.model import ConfigError
+from meshpilot.model import Config, ConfigError
 
 if TYPE_CHECKING:
     from meshpilot.xds.discovery import DiscoveryServer
@@ -63,6 +72,16 @@ class Report:
     messages: tuple[Message, ...] = ()
     by_resource: dict[str, tuple[Message, ...]] = field(default_factory=dict)
     """`Kind namespace/name` → its messages."""
+    config_messages: tuple[Message, ...] = ()
+    """The messages of the analyzers that do not read endpoints (kept by endpoint-only runs)."""
+    endpoint_only: bool = False
+    """Whether this run re-ran only the analyzers that read endpoints."""
+
+
+def reads_endpoints(analyzer: Analyzer) -> bool:
+    """Whether an analyzer's result can change when only endpoints change: it reads
+    WorkloadEntries, or reads the registries alone (no config inputs)."""
+    return WORKLOAD_ENTRY in analyzer.inputs or not analyzer.inputs
 
 
 class ServerAnalysis:
@@ -74,16 +93,28 @@ class ServerAnalysis:
         mesh: MeshConfig | None = None,
         quiet: float = 0.5,
         max_delay: float = 5.0,
+        min_interval: float = 2.0,
+        endpoint_interval: float = 30.0,
     ) -> None:
         self.server = server
         self.analyzers = tuple(analyzers)
+        self.endpoint_analyzers = tuple(a for a in self.analyzers if reads_endpoints(a))
+        self.config_analyzers = tuple(a for a in self.analyzers if not reads_endpoints(a))
+        self.min_interval = min_interval
+        self.endpoint_interval = endpoint_interval
         self.mesh = mesh
         """None: the server's own mesh config (`--mesh-config`), read at every analysis."""
         self.quiet = quiet
         self.max_delay = max_delay
         self.report: Report | None = None
         self.runs = 0
+        self.endpoint_runs = 0
+        """How many runs were endpoint-only (a count for tests)."""
         self._analyzed_push = -1
+        self._analyzed_full = -1
+        self._finished = float("-inf")
+        """Event-loop time the last run ended (rate limiting)."""
+        self._resources: dict[int, tuple[Config, Resource]] = {}
         self._done = asyncio.Condition()
         server.metrics.registry.register(_Gauge(self))
 
@@ -94,8 +125,12 @@ class ServerAnalysis:
         while True:
             await self.server.wait_for_push(self._analyzed_push + 1)
             await self._settle()
+            endpoint_only = await self._wait_turn()
+            if endpoint_only and not self.endpoint_analyzers:
+                self._analyzed_push = self.server.push_count  # nothing reads endpoints
+                continue
             try:
-                await self.analyze_now()
+                await self.analyze_now(endpoint_only=endpoint_only)
             except Exception:
                 # Analysis is an aid: a failure must never stop the control plane (this task
                 # runs in the server's TaskGroup). Mark the state seen and wait for the next.
@@ -115,28 +150,81 @@ class ServerAnalysis:
                 return
             seen = self.server.push_count
 
-    async def analyze_now(self) -> Report:
-        """Analyze the server's current state and publish the result."""
-        push = self.server.push_count
+    def _endpoint_only(self) -> bool:
+        """Whether every push since the last analysis was endpoint-only."""
+        return self.report is not None and self.server.full_push_count <= self._analyzed_full
+
+    async def _wait_turn(self) -> bool:
+        """Wait out the rate limit; returns whether the run may be endpoint-only. A config
+        change arriving while an endpoint-only run waits shortens the wait to `min_interval`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            endpoint_only = self._endpoint_only()
+            interval = self.endpoint_interval if endpoint_only else self.min_interval
+            left = self._finished + interval - loop.time()
+            if left <= 0:
+                return endpoint_only
+            if not endpoint_only:
+                await asyncio.sleep(left)
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    await self.server.wait_for(
+                        lambda: self.server.full_push_count > self._analyzed_full)
+            except TimeoutError:
+                pass
+
+    async def analyze_now(self, *, endpoint_only: bool = False) -> Report:
+        """Analyze the server's current state and publish the result. `endpoint_only` re-runs
+        only the analyzers that read endpoints, keeping the others' last messages."""
+        push, full = self.server.push_count, self.server.full_push_count
+        previous = self.report
+        endpoint_only = endpoint_only and previous is not None
         version = self.server.snapshot.version if self.server.snapshot is not None else ""
-        inputs = capture(self.server.store.all(), self.server.registry)
+        inputs = self._capture()
+        mesh = self._mesh()
         start = time.monotonic()
-        messages = await asyncio.to_thread(
-            analyze_inputs, inputs, analyzers=self.analyzers, mesh=self._mesh())
+        if endpoint_only:
+            assert previous is not None
+            config_messages = previous.config_messages
+        else:
+            config_messages = tuple(await asyncio.to_thread(
+                analyze_inputs, inputs, analyzers=self.config_analyzers, mesh=mesh))
+        endpoint_messages = await asyncio.to_thread(
+            analyze_inputs, inputs, analyzers=self.endpoint_analyzers, mesh=mesh)
+        messages = deduplicate([*config_messages, *endpoint_messages])
         seconds = time.monotonic() - start
         by_resource: dict[str, list[Message]] = {}
         for message in messages:
             by_resource.setdefault(message.origin, []).append(message)
         report = Report(version, time.time(), seconds, tuple(messages),
-                        {k: tuple(v) for k, v in by_resource.items()})
-        log.info("analysis of %s: %d messages in %.0f ms", version or "initial state",
-                 len(messages), seconds * 1000)
+                        {k: tuple(v) for k, v in by_resource.items()},
+                        config_messages, endpoint_only)
+        log.info("analysis of %s%s: %d messages in %.0f ms", version or "initial state",
+                 " (endpoint analyzers)" if endpoint_only else "", len(messages),
+                 seconds * 1000)
         async with self._done:
             self.report = report
             self._analyzed_push = push
+            self._analyzed_full = full
+            self._finished = asyncio.get_running_loop().time()
             self.runs += 1
+            self.endpoint_runs += endpoint_only
             self._done.notify_all()
         return report
+
+    def _capture(self) -> ServerInputs:
+        """The server's inputs (on the event loop: stores and registries are mutated there).
+        Configs are immutable, so each one's analysis Resource is kept while it is current."""
+        kept, made = self._resources, {}
+        for config in sorted(self.server.store.all(), key=lambda c: c.key):
+            found = kept.get(id(config))
+            if found is None or found[0] is not config:
+                found = (config, resource_from_config(config))
+            made[id(config)] = found
+        self._resources = made
+        return ServerInputs([r for _, r in made.values()],
+                            read_registries(self.server.registry, config_derived=False))
 
     def _mesh(self) -> MeshConfig:
         if self.mesh is not None:

@@ -110,7 +110,7 @@ class ClusterGenerator:
         return _select([*shared, *own], names)
 
     def concerns(self, request: PushRequest) -> bool:
-        return request.full
+        return request.full and not request.routing_only
 
 
 class EndpointGenerator:
@@ -149,7 +149,7 @@ class EndpointGenerator:
         ]
 
     def concerns(self, request: PushRequest) -> bool:
-        return True
+        return not request.routing_only
 
 
 class ListenerGenerator:

@@ -32,15 +32,34 @@ class PushRequest:
     started: float = field(default=0.0, compare=False)
     """Loop time of the first event merged into this request."""
 
+    @property
+    def routing_only(self) -> bool:
+        """A full push for VirtualService changes alone, with no endpoint change merged in:
+        clusters and endpoints never read VirtualServices, so CDS and EDS need not be rebuilt
+        or compared for it (Istio's cdsNeedsPush/edsNeedsPush skip it likewise)."""
+        return (self.full and bool(self.config_kinds) and not self.eds_hosts
+                and self.config_kinds <= _ROUTING_ONLY)
+
     def merge(self, other: PushRequest | None) -> PushRequest:
         if other is None:
             return self
         return PushRequest(
             full=self.full or other.full,
-            config_kinds=self.config_kinds | other.config_kinds,
+            config_kinds=_merged_kinds(self, other),
             eds_hosts=self.eds_hosts | other.eds_hosts,
             reasons=self.reasons | other.reasons,
             count=self.count + other.count,
             started=min(self.started, other.started) if self.started and other.started
             else self.started or other.started,
         )
+
+
+_ROUTING_ONLY = frozenset({"VirtualService"})
+
+
+def _merged_kinds(a: PushRequest, b: PushRequest) -> frozenset[str]:
+    # A full request naming no kinds (a registry or service change) stands for every kind:
+    # merging must not narrow it to the other request's kinds.
+    if (a.full and not a.config_kinds) or (b.full and not b.config_kinds):
+        return frozenset()
+    return a.config_kinds | b.config_kinds

@@ -15,7 +15,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,8 @@ class DiscoveryServer:
         self.ready = asyncio.Event()
         self.connections: dict[str, Connection] = {}
         self.push_count = 0
+        self.full_push_count = 0
+        """Pushes that rebuilt the snapshot (the rest were endpoint-only)."""
         self._inbox: asyncio.Queue[PushRequest] = asyncio.Queue()
         self._versions = itertools.count(1)
         self._pushed = asyncio.Condition()
@@ -148,8 +150,12 @@ class DiscoveryServer:
 
     async def wait_for_push(self, count: int) -> None:
         """Wait until at least `count` pushes have been processed (for tests and tools)."""
+        await self.wait_for(lambda: self.push_count >= count)
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate` holds, re-checked after every push."""
         async with self._pushed:
-            await self._pushed.wait_for(lambda: self.push_count >= count)
+            await self._pushed.wait_for(predicate)
 
     # Snapshots and pushes ---------------------------------------------------------------------
 
@@ -199,6 +205,7 @@ class DiscoveryServer:
             connection.enqueue(request)
         async with self._pushed:
             self.push_count += 1
+            self.full_push_count += request.full or previous is None
             self._pushed.notify_all()
 
     # Per-connection generation ----------------------------------------------------------------

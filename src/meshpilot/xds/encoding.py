@@ -110,6 +110,21 @@ def resource_set(snapshot: Snapshot, resources: list[Resource]) -> ResourceSet:
     return made
 
 
+def changed_resources(
+    snapshot: Snapshot, held: dict[str, str], target: ResourceSet
+) -> list[Resource]:
+    """The resources of `target` whose version differs from `held` (name → version a proxy
+    holds). Proxies that held the same set and now get the same set share one answer, found by
+    the two dicts' identities (both kept alive in the entry, so the ids cannot be reused)."""
+    key = ("changed", id(held), id(target))
+    found: tuple[dict[str, str], ResourceSet, list[Resource]] | None = snapshot.cache.get(key)
+    if found is not None and found[0] is held and found[1] is target:
+        return found[2]
+    changed = [r for r in target.resources if held.get(r.name) != r.version]
+    snapshot.cache[key] = (held, target, changed)
+    return changed
+
+
 def sotw_response(
     snapshot: Snapshot, type_url: str, version: str, resources: Iterable[Resource] | ResourceSet
 ) -> tuple[bytes, str]:

@@ -19,11 +19,18 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshpilot.agent.node import proxy_from_node
 from meshpilot.debug import xds as debug_xds
 from meshpilot.envoy.generators import GENERATORS
-from meshpilot.envoy.names import PUSH_ORDER, SHORT_NAMES
+from meshpilot.envoy.names import PUSH_ORDER, ROUTE, SHORT_NAMES
 from meshpilot.model import PushRequest
 from meshpilot.xds.connection import END, PUSH, Connection
 from meshpilot.xds.discovery import DiscoveryServer, eds_names_for
-from meshpilot.xds.encoding import delta_response, resource_set, serialize, sotw_response
+from meshpilot.xds.encoding import (
+    changed_resources,
+    delta_response,
+    resource_set,
+    serialize,
+    sotw_response,
+    varint,
+)
 from meshpilot.xds.watch import RESPOND, Decision, WatchState, decide
 
 log = logging.getLogger("meshpilot.xds")
@@ -112,7 +119,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             log.warning("%s asked for unknown type %s", connection.proxy.id, type_url)
             return []
         state = connection.watches.get(type_url)
-        names = frozenset(request.resource_names)
+        names = _requested_names(state, request)
         error = request.error_detail.message if request.HasField("error_detail") else None
         decision = decide(state, request.response_nonce, error, names)
         if decision is Decision.NACK:
@@ -131,6 +138,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             state = connection.watches[type_url] = WatchState(type_url)
         state.wildcard = _sotw_wildcard(generator.wildcard, names, fresh or state.wildcard)
         state.names = names
+        state.requested = _names_key(request)
         if not state.wildcard and not names:
             return []  # unsubscribed from everything: nothing to send
         response = self._sotw_response(connection, state, None, force=True)
@@ -142,12 +150,16 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         state: WatchState,
         only: Collection[str] | None,
         force: bool,
+        changed_only: bool = False,
     ) -> Any | None:
         """A response for the watch; None when nothing changed since the last one sent.
 
         `only` limits it to some names (EDS-only pushes: SotW EDS may send a subset).
+        `changed_only` sends just the resources whose version differs from what the proxy
+        holds (RDS on pushes: see `_push`).
         """
         previous = state.sent  # for the push history: what this response changes
+        partial = only is not None
         started = time.monotonic()
         snapshot = self.discovery.snapshot
         assert snapshot is not None
@@ -159,20 +171,34 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             if not changed and not force:
                 return None
             data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, changed)
+            carried: dict[str, str] = {r.name: r.version for r in changed}
             # A new dict: the old one may be a ResourceSet's, shared with other watches.
-            state.sent = {**state.sent, **{r.name: r.version for r in changed}}
+            state.sent = {**state.sent, **carried}
         else:
             # Proxies that see the same thing share one ResourceSet: its versions and its
             # encoded resources are computed once, and "unchanged" is usually an identity test.
             shared = resource_set(snapshot, resources)
             if not force and (state.sent is shared.versions or state.sent == shared.versions):
                 return None  # unchanged, which includes "never resend what the proxy NACKed"
-            data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, shared)
-            state.sent = shared.versions
+            if changed_only and not force:
+                # The proxy keeps what a response leaves out, so afterwards it holds exactly the
+                # set (names the set no longer has are unsubscribed from by the proxy itself).
+                changed = changed_resources(snapshot, state.sent, shared)
+                state.sent = shared.versions
+                if not changed:
+                    return None  # only names the proxy no longer needs went away
+                data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, changed)
+                carried = {r.name: r.version for r in changed}
+                partial = True
+            else:
+                data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, shared)
+                state.sent = carried = shared.versions
         _record_send(state, nonce, snapshot.version)
+        # A partial response tells the history only what it carries: diffing the proxy's whole
+        # holding (1,200 assignments) per proxy per endpoint push showed at 12% of its CPU.
         self.discovery.push_history.sent_state(
             connection.proxy.id, connection.id, SHORT_NAMES.get(state.type_url, state.type_url),
-            snapshot.version, nonce, previous, state.sent, partial=only is not None,
+            snapshot.version, nonce, previous, carried, partial=partial,
         )
         self.discovery.metrics.sent(state.type_url, time.monotonic() - started)
         return data
@@ -201,7 +227,18 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                 only = self._eds_only(state.names, request.eds_hosts)
                 if not only:
                     continue
-            response = self._sotw_response(connection, state, only, force=False)
+            # SotW RDS, like EDS, is not a "state of the world" type: a response may carry only
+            # the route configurations that changed and Envoy keeps the others (xDS protocol,
+            # "Grouping Resources into Responses": only Listener and Cluster must be complete).
+            # One changed VirtualService then costs one RouteConfiguration per proxy, not all.
+            # (EDS on full pushes stays complete: a cluster that CDS updated re-warms and waits
+            # for its assignment, which an unchanged assignment left out would never bring.)
+            # After a NACK the whole set goes again, as before: the proxy then rejects or accepts
+            # the rejected configuration anew, so its ERROR status never clears by accident.
+            changed_only = type_url == ROUTE and not state.wildcard and not state.last_error
+            response = self._sotw_response(
+                connection, state, only, force=False, changed_only=changed_only
+            )
             if response is not None:
                 out.append(response)
         return self._converged(request, out)
@@ -345,6 +382,45 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             if response is not None:
                 out.append(response)
         return out
+
+
+def _names_key(request: Any) -> tuple[int, int]:
+    """A key for the request's `resource_names` list, computed without turning names into
+    Python strings: protobuf writes fields in number order, so the serialized request minus
+    `version_info` and `node` (fields 1, 2) before, `response_nonce` and `error_detail`
+    (5, 6) after, is `resource_names` and `type_url`. Serializing and hashing that is ~4x
+    cheaper than a frozenset of Envoy's 1,200 EDS names."""
+    data = request.SerializeToString()
+    start = _field_size(len(request.version_info.encode())) if request.version_info else 0
+    if request.HasField("node"):
+        start += _field_size(request.node.ByteSize())
+    end = len(data)
+    if request.response_nonce:
+        end -= _field_size(len(request.response_nonce.encode()))
+    if request.HasField("error_detail"):
+        end -= _field_size(request.error_detail.ByteSize())
+    body = data[start:end]
+    return len(body), hash(body)
+
+
+def _field_size(length: int) -> int:
+    """Bytes of a length-delimited field numbered below 16 with a body of `length` bytes."""
+    return 1 + len(varint(length)) + length
+
+
+def _requested_names(state: WatchState | None, request: Any) -> frozenset[str]:
+    """The names a SotW request subscribes to. An ACK normally repeats the previous request's
+    list: then the set built for it is reused (Envoy's EDS ACKs carry ~1,200 names)."""
+    if state is None:
+        return frozenset(request.resource_names)
+    key = _names_key(request)
+    if key == state.requested:
+        return state.names
+    state.name_sets += 1
+    names = frozenset(request.resource_names)
+    if names == state.names:
+        state.requested = key  # the same subscription, written differently (e.g. reordered)
+    return names
 
 
 def _sotw_wildcard(wildcard_type: bool, names: frozenset[str], empty_means_all: bool) -> bool:

@@ -25,6 +25,11 @@ class WatchState:
     sent: dict[str, str] = field(default_factory=dict)
     """Resource name → version the proxy was last sent (Delta) or holds (SotW)."""
     acked_once: bool = False
+    requested: tuple[int, int] | None = None
+    """Key of the SotW `resource_names` list that `names` was built from (`_names_key` in
+    xds/server.py): an ACK repeating it reuses `names` instead of building a new set."""
+    name_sets: int = 0
+    """How many later requests had their names hashed into a set (for tests and profiles)."""
 
 
 class Decision(enum.StrEnum):

@@ -32,6 +32,7 @@ are reported on a `RegistryService namespace/host` pseudo-resource, which has no
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ from meshpilot.analysis.analyzers.common import (
 )
 from meshpilot.analysis.analyzers.service import port_protocol
 from meshpilot.analysis.analyzers.services import ServiceIndex
-from meshpilot.analysis.context import Context
+from meshpilot.analysis.context import Context, ResourceSet
 from meshpilot.analysis.messages import message_type
 from meshpilot.analysis.registries import REGISTRY_SERVICE, RegistryService
 from meshpilot.analysis.resource import (
@@ -95,10 +96,50 @@ def entry_endpoints(ctx: Context, entry: Resource) -> Iterator[Endpoint]:
     if selector is None:
         return
     labels = string_map(mapping(selector).get("labels"))
-    for workload in ctx.for_each(WORKLOAD_ENTRY):
-        workload_labels = {**workload.labels, **string_map(workload.spec.get("labels"))}
-        if workload.namespace == entry.namespace and selector_matches(labels, workload_labels):
-            yield workload_endpoint(workload)
+    for workload in _workloads(ctx).select(entry.namespace, labels):
+        yield workload_endpoint(workload)
+
+
+class _WorkloadIndex:
+    """WorkloadEntries by namespace and by label, built once per resource set. Matching every
+    ServiceEntry's selector against every WorkloadEntry was quadratic: 40 s of analysis for
+    1,000 entries and 10,000 workloads, on every change of a running server."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.size = len(ctx.resources)
+        self.workloads: dict[str, list[tuple[Resource, dict[str, str]]]] = {}
+        self.by_label: dict[tuple[str, str, str], list[int]] = {}
+        for workload in ctx.for_each(WORKLOAD_ENTRY):
+            labels = {**workload.labels, **string_map(workload.spec.get("labels"))}
+            found = self.workloads.setdefault(workload.namespace, [])
+            for key, value in labels.items():
+                self.by_label.setdefault((workload.namespace, key, value), []).append(len(found))
+            found.append((workload, labels))
+
+    def select(self, namespace: str, selector: Mapping[str, str]) -> Iterator[Resource]:
+        """The namespace's workloads the selector selects, in resource order."""
+        workloads = self.workloads.get(namespace, [])
+        if not selector:
+            yield from (w for w, _ in workloads)
+            return
+        # Only workloads carrying the rarest of the selector's labels can match.
+        fewest = min((self.by_label.get((namespace, k, v), []) for k, v in selector.items()),
+                     key=len)
+        for position in fewest:
+            workload, labels = workloads[position]
+            if selector_matches(selector, labels):
+                yield workload
+
+
+_INDEXES: weakref.WeakKeyDictionary[ResourceSet, _WorkloadIndex] = weakref.WeakKeyDictionary()
+
+
+def _workloads(ctx: Context) -> _WorkloadIndex:
+    # Each analyzer gets a fresh Context over the same ResourceSet: index the set.
+    index = _INDEXES.get(ctx.resources)
+    if index is None or index.size != len(ctx.resources):
+        index = _INDEXES[ctx.resources] = _WorkloadIndex(ctx)
+    return index
 
 
 def workload_endpoint(workload: Resource) -> Endpoint:
