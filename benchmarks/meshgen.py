@@ -93,13 +93,15 @@ def routing_docs(i: int, v1_weight: int = 10) -> list[dict[str, Any]]:
     ]
 
 
-def sidecar_docs(visible: int) -> list[dict[str, Any]]:
-    """A namespace-wide Sidecar letting proxies reach the first `visible` services only."""
+def sidecar_docs(visible: int, added: range = range(0)) -> list[dict[str, Any]]:
+    """A namespace-wide Sidecar letting proxies reach the first `visible` services only (and
+    the services the *service* scenario added)."""
+    hosts = [f"./{host(i)}" for i in [*range(visible), *added]]
     return [{
         "apiVersion": "networking.istio.io/v1",
         "kind": "Sidecar",
         "metadata": {"name": "default", "namespace": NAMESPACE},
-        "spec": {"egress": [{"hosts": [f"./{host(i)}" for i in range(visible)]}]},
+        "spec": {"egress": [{"hosts": hosts}]},
     }]
 
 
@@ -158,4 +160,9 @@ class Mesh:
         i = self.services + self._added
         self._added += 1
         write_docs(self._service_file(i), service_docs(i, self.endpoints))
+        if self.sidecar_visible:
+            # A service no Sidecar exposes reaches no proxy (correctly: nothing to push), so the
+            # scoped mesh exposes each new service, as an operator adding one would.
+            write_docs(self.root / "routing" / "sidecar.yaml", sidecar_docs(
+                self.sidecar_visible, range(self.services, self.services + self._added)))
         return host(i)

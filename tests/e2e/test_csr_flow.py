@@ -25,6 +25,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,17 +156,23 @@ spec:
         mesh.stop()
 
 
+def matching_pair(directory: Path) -> tuple[bytes, list[x509.Certificate]] | None:
+    """The agent's key and certificate chain, or None while a renewal has written the new key
+    but not yet its certificate."""
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_pem = (directory / "key.pem").read_bytes()
+    chain = x509.load_pem_x509_certificates((directory / "cert-chain.pem").read_bytes())
+    key = serialization.load_pem_private_key(key_pem, None)
+    same = chain[0].public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+    return (key_pem, chain) if same else None
+
+
 def test_agents_make_their_keys_and_get_them_signed(csr: CsrMesh) -> None:
     for name in ("client", "server"):
         directory = csr.security_dir(name)
-        key_pem = (directory / "key.pem").read_bytes()
+        key_pem, chain = wait_until(partial(matching_pair, directory), 10,
+                                    f"{name}'s key and certificate to match")
         assert stat.S_IMODE((directory / "key.pem").stat().st_mode) == 0o600
-        chain = x509.load_pem_x509_certificates((directory / "cert-chain.pem").read_bytes())
-        key = serialization.load_pem_private_key(key_pem, None)
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        der = serialization.Encoding.DER
-        assert chain[0].public_key().public_bytes(der, spki) == \
-            key.public_key().public_bytes(der, spki)
         sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
         assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
             f"spiffe://cluster.local/ns/default/sa/{name}"]

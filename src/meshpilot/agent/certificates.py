@@ -148,10 +148,14 @@ class AgentCertificates:
             key = (self.directory / KEY_FILE).read_bytes()
             chain = (self.directory / CHAIN_FILE).read_bytes()
             leaf = x509.load_pem_x509_certificate(chain)
-        except (OSError, ValueError):
+            private = serialization.load_pem_private_key(key, None)
+        except (OSError, ValueError, TypeError):
             return None
         if leaf.not_valid_after_utc.timestamp() <= self.clock():
             return None
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+            return None  # a run stopped between writing the new key and its certificate
         self.current = WorkloadSecret(
             key, chain, self.root, leaf.not_valid_before_utc.timestamp(),
             leaf.not_valid_after_utc.timestamp(), leaf.serial_number)
