@@ -311,6 +311,11 @@ def test_agent_gets_its_first_certificate_by_token_and_renews_by_certificate(
     assert key_file.read_bytes() not in (first.key, second.key)
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "agent").stat().st_mode) == 0o700
+    # A run stopped between writing a new key and its certificate leaves a pair that does not
+    # match: the next run must not present it (it falls back to the token instead).
+    assert AgentCertificates(tmp_path / "agent", ca.root, "t", "a:1", "b:2").load() is not None
+    key_file.write_bytes(make_csr()[0])
+    assert AgentCertificates(tmp_path / "agent", ca.root, "t", "a:1", "b:2").load() is None
 
 
 def _secret(serial: int) -> WorkloadSecret:
