@@ -203,3 +203,28 @@ async def test_one_namespace_only(api: KubeApiFake, pushes: Pushes) -> None:
     async with running(reg):
         assert [(s.hostname, s.namespace) for s in reg.services()] == [
             ("cart.shop.svc.cluster.local", "shop")]
+
+
+async def test_locality_comes_from_the_endpoints_node(api: KubeApiFake, pushes: Pushes) -> None:
+    api.create("v1", "Node", {"metadata": {"name": "node-1", "labels": {
+        "topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": "eu-west-b",
+        "topology.istio.io/subzone": "rack-7"}}})
+    on_node = {**endpoint("10.1.0.1"), "nodeName": "node-1"}
+    zoned = {**endpoint("10.1.0.2", zone="eu-west-a"), "nodeName": "node-1"}
+    reviews(api, on_node, zoned, endpoint("10.1.0.3"))
+    reg = registry(api, pushes)
+
+    def localities() -> dict[str, str]:
+        return {e.address: str(e.locality) for e in reg.endpoints(HOST, "default")
+                if e.service_port == 9080}
+
+    async with running(reg):
+        # The slice's zone wins over the node's; an endpoint without a node has none.
+        assert localities() == {"10.1.0.1": "eu-west/eu-west-b/rack-7",
+                                "10.1.0.2": "eu-west/eu-west-a/rack-7", "10.1.0.3": ""}
+        node = api.get("v1", "Node", "", "node-1")
+        assert node is not None
+        node["metadata"]["labels"]["topology.istio.io/subzone"] = "rack-8"
+        api.update("v1", "Node", node)
+        await eventually(lambda: localities()["10.1.0.1"] == "eu-west/eu-west-b/rack-8", 5,
+                         "the node's new subzone")

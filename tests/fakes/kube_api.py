@@ -124,6 +124,7 @@ TYPES: tuple[ResourceType, ...] = (
     ResourceType("", ("v1",), "namespaces", "Namespace", namespaced=False, status=True),
     ResourceType("", ("v1",), "services", "Service", status=True),
     ResourceType("", ("v1",), "pods", "Pod", status=True),
+    ResourceType("", ("v1",), "nodes", "Node", namespaced=False, status=True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice"),
     ResourceType("coordination.k8s.io", ("v1",), "leases", "Lease"),
     ResourceType("", ("v1",), "secrets", "Secret"),

@@ -33,6 +33,7 @@ from meshpilot.config.kinds import SUPPORTED_KINDS, KindSpec
 from meshpilot.kube.client import (
     ENDPOINT_SLICES,
     LEASES,
+    NODES,
     PODS,
     SECRETS,
     SERVICES,
@@ -155,7 +156,7 @@ def config_resources() -> list[Resource]:
 def cluster_rules(options: InstallOptions) -> list[Object]:
     rules: list[Object] = []
     if _uses_kube(options.registries):
-        rules += _rule((SERVICES, PODS, ENDPOINT_SLICES), LIST_WATCH)
+        rules += _rule((SERVICES, PODS, ENDPOINT_SLICES, NODES), LIST_WATCH)
     if _uses_kube(options.config_sources):
         rules += _rule(config_resources(), LIST_WATCH)
         if options.write_status:

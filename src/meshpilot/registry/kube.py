@@ -11,7 +11,8 @@ registry does:
 - the protocol of a port comes from `appProtocol` (`http`, `grpc`, `kubernetes.io/h2c`, …),
   else from the port name's prefix (`http-web`, `grpc`), else TCP;
 - endpoints come from the EndpointSlices labelled `kubernetes.io/service-name`: an address per
-  endpoint, the slice's port of the same name as the service port, the zone as locality; the
+  endpoint, the slice's port of the same name as the service port, the locality from the
+  endpoint's Node (region, zone, subzone topology labels; the slice's zone first); the
   Pod named by `targetRef` gives labels and the service account. Ready endpoints (a missing
   `ready` means ready, as the API documents) are HEALTHY, terminating ones that still serve
   are DRAINING (Envoy sends them no new requests), other unready ones are left out unless the
@@ -41,6 +42,7 @@ from typing import Any
 
 from meshpilot.kube.client import (
     ENDPOINT_SLICES,
+    NODES,
     PODS,
     SERVICES,
     KubeApiError,
@@ -69,6 +71,9 @@ log = logging.getLogger("meshpilot.registry")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 NETWORK_LABEL = "topology.istio.io/network"
+REGION_LABEL = "topology.kubernetes.io/region"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+SUBZONE_LABEL = "topology.istio.io/subzone"
 DEFAULT_CLUSTER_ID = "Kubernetes"
 
 _APP_PROTOCOLS = {
@@ -154,7 +159,11 @@ class KubeRegistry(ExternalRegistry):
             "slices": Informer(ENDPOINT_SLICES, self._on_slice, namespace=namespace,
                                watch_timeout=timeout),
             "pods": Informer(PODS, self._on_pod, namespace=namespace, watch_timeout=timeout),
+            # Nodes carry the region and subzone (topology labels); slices carry only the zone.
+            "nodes": Informer(NODES, self._on_node, watch_timeout=timeout),
         }
+        self._services_of_node: dict[str, set[Key]] = {}
+        """Node → the Services with endpoints on it (grows only: an extra recompute is cheap)."""
         self._slices_of: dict[Key, set[Key]] = {}
         """Service → its EndpointSlices."""
         self._services_of_pod: dict[Key, set[Key]] = {}
@@ -217,6 +226,10 @@ class KubeRegistry(ExternalRegistry):
                 slices.discard(slice_key)
             keys.add(service_key)
         self._changed(keys)
+
+    def _on_node(self, old: Object | None, new: Object | None) -> None:
+        _, name = key_of(old or new or {})
+        self._changed(set(self._services_of_node.get(name, ())))
 
     def _on_pod(self, old: Object | None, new: Object | None) -> None:
         pod = key_of(old or new or {})
@@ -307,7 +320,7 @@ class KubeRegistry(ExternalRegistry):
                         labels=labels,
                         network=labels.get(NETWORK_LABEL, self.catalog.rules.network),
                         cluster_id=self.cluster_id,
-                        locality=Locality(zone=str(endpoint.get("zone") or "")),
+                        locality=self._locality(key, endpoint),
                         service_account=account,
                         health=health,
                         workload_name=pod_key[1] if pod_key else str(addresses[0]),
@@ -315,6 +328,19 @@ class KubeRegistry(ExternalRegistry):
                     # An address in two slices (as during a slice split) is one endpoint.
                     found.setdefault((ep.address, ep.service_port, ep.port), ep)
         return tuple(found[k] for k in sorted(found))
+
+    def _locality(self, service: Key, endpoint: Mapping[str, Any]) -> Locality:
+        """Region and subzone from the endpoint's Node's topology labels, the zone from the
+        slice (else the Node), as Istio reads them."""
+        node_name = str(endpoint.get("nodeName") or "")
+        labels: Mapping[str, str] = {}
+        if node_name:
+            self._services_of_node.setdefault(node_name, set()).add(service)
+            node = self.informers["nodes"].get("", node_name) or {}
+            labels = node.get("metadata", {}).get("labels") or {}
+        return Locality(region=str(labels.get(REGION_LABEL, "")),
+                        zone=str(endpoint.get("zone") or labels.get(ZONE_LABEL, "")),
+                        subzone=str(labels.get(SUBZONE_LABEL, "")))
 
     def _pod(self, namespace: str, ref: Any) -> tuple[Key | None, Object | None]:
         if not isinstance(ref, Mapping) or ref.get("kind") != "Pod" or not ref.get("name"):
