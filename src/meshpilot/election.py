@@ -3,6 +3,7 @@ Kubernetes Lease (`kube.leader`) or an etcd lease (`etcd.leader`)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -23,3 +24,27 @@ class Elector(Protocol):
         ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+Duty = Callable[[], Coroutine[Any, Any, None]]
+
+
+async def run_while_leading(elector: Elector, duty: Duty, name: str) -> None:
+    """The one `while_leading` of every elector: start `duty` on winning, cancel it on losing,
+    and start it again on the next win."""
+    while True:
+        await elector.wait_for(True)
+        task: asyncio.Task[None] = asyncio.create_task(duty(), name=name)
+        lost = asyncio.create_task(elector.wait_for(False))
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not elector.is_leader:
+                continue
+            raise

@@ -35,6 +35,7 @@ from typing import Any
 
 from aetcd import rpc
 
+from meshpilot.election import run_while_leading
 from meshpilot.etcd.client import ERRORS, EtcdAddress, describe
 from meshpilot.kube.leader import default_identity
 
@@ -90,22 +91,8 @@ class EtcdLeaderElector:
             await self._changed.wait_for(lambda: self.is_leader == leading)
 
     async def while_leading(self, duty: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        while True:
-            await self.wait_for(True)
-            task: asyncio.Task[None] = asyncio.create_task(duty(), name=f"leader-duty-{self.key}")
-            lost = asyncio.create_task(self.wait_for(False))
-            try:
-                await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                lost.cancel()
-                if not task.done():
-                    task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not self.is_leader:
-                    continue
-                raise
+        """Run `duty` whenever this replica leads; cancel it as soon as it stops leading."""
+        await run_while_leading(self, duty, f"leader-duty-{self.key}")
 
     def status(self) -> dict[str, Any]:
         return {"lease": f"{self.address.name}{self.key}", "identity": self.identity,

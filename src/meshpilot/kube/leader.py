@@ -34,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from meshpilot.election import run_while_leading
 from meshpilot.kube.client import (
     LEASES,
     KubeApiError,
@@ -113,23 +114,7 @@ class LeaderElector:
 
     async def while_leading(self, duty: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `duty` whenever this replica leads; cancel it as soon as it stops leading."""
-        while True:
-            await self.wait_for(True)
-            task: asyncio.Task[None] = asyncio.create_task(duty(),
-                                                           name=f"leader-duty-{self.name}")
-            lost = asyncio.create_task(self.wait_for(False))
-            try:
-                await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                lost.cancel()
-                if not task.done():
-                    task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if not self.is_leader:
-                    continue
-                raise
+        await run_while_leading(self, duty, f"leader-duty-{self.name}")
 
     def status(self) -> dict[str, Any]:
         return {"lease": f"{self.namespace}/{self.name}", "identity": self.identity,
