@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshpilot.xds.encoding import Outgoing, serialize
+
 _SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 
 
@@ -56,7 +58,7 @@ class Reference:
 
     async def stream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Outgoing]:
         outbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         self.streams.add(outbox)
         reader = asyncio.create_task(self._read(requests, outbox))
@@ -69,7 +71,11 @@ class Reference:
                         continue  # a subscription change: the floor only pushes
                     body = self.state.get(type_url, b"")
                 data, sent[type_url] = response(body, type_url, str(self.version))
-                yield data
+                # As meshpilot does: grpc keeps the last message a stream wrote, so it gets a
+                # holder that serializing empties, and no local keeps the bytes either.
+                held = Outgoing(data)
+                del data
+                yield held
         finally:
             reader.cancel()
             self.streams.discard(outbox)
@@ -109,7 +115,7 @@ async def _serve(conn: multiprocessing.connection.Connection, address: str) -> N
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 reference.stream,
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=lambda data: data,
+                response_serializer=serialize,
             )
         },
     )

@@ -8,6 +8,7 @@ from typing import Any
 from meshpilot.debug.syncz import Sync, type_status
 from meshpilot.envoy.generators import GENERATORS
 from meshpilot.model import Config, Kind, PushRequest
+from meshpilot.xds.encoding import Outgoing, serialize
 from tests.configs import destination_rule, service_entry, virtual_service, workload_entry
 from tests.conftest import Harness
 from tests.xds_client import (
@@ -16,6 +17,7 @@ from tests.xds_client import (
     LISTENER,
     ROUTE,
     AdsClient,
+    make_node,
     resource_names,
     unpack,
 )
@@ -314,3 +316,28 @@ def test_a_virtualservice_push_skips_clusters_and_endpoints_unless_merged_wider(
                              ).routing_only
     rule = PushRequest(full=True, config_kinds=frozenset({Kind.DESTINATION_RULE}))
     assert GENERATORS[CLUSTER].concerns(routing.merge(rule))
+
+
+async def test_streams_asking_for_the_same_names_share_one_set(xds: Harness) -> None:
+    mesh(xds)
+    xds.store.mark_synced()
+    names = [V1, f"outbound|9080|v1|{REVIEWS}"]
+    clients = [
+        AdsClient(xds.port, node=make_node(f"sidecar~127.0.0.{i}~c{i}.default~default.svc"))
+        for i in (2, 3)
+    ]
+    for client in clients:
+        await client.request(ENDPOINT, names)
+    first, second = (c.watches[ENDPOINT].names for c in xds.server.connections.values())
+    assert first == frozenset(names)
+    assert first is second  # one set in memory, not one per proxy
+    for client in clients:
+        await client.close()
+
+
+def test_a_response_holder_is_emptied_when_grpc_serializes_it() -> None:
+    # grpc keeps the last message a stream wrote until the next one: the holder must not keep
+    # the response bytes alive after they went out.
+    held = Outgoing(b"response bytes")
+    assert serialize(held) == b"response bytes"
+    assert held.message is None

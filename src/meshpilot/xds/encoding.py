@@ -54,8 +54,22 @@ def length_delimited(number: int, data: bytes) -> bytes:
     return varint(number << 3 | 2) + varint(len(data)) + data
 
 
+class Outgoing:
+    """A response on its way to grpc, which keeps a reference to the last message a stream
+    wrote until it writes the next: handing it this holder, emptied when serialized, keeps an
+    idle stream from holding its last (often largest) response."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
 def serialize(message: Any) -> bytes:
     """grpc response serializer: bytes as they are, messages serialized."""
+    if isinstance(message, Outgoing):
+        message, held = message.message, message
+        held.message = None
     if isinstance(message, bytes):
         return message
     data: bytes = message.SerializeToString()

@@ -26,7 +26,7 @@ class WatchState:
     """Resource name → version the proxy was last sent (Delta) or holds (SotW)."""
     acked_once: bool = False
     requested: tuple[int, int] | None = None
-    """Key of the SotW `resource_names` list that `names` was built from (`_names_key` in
+    """Key of the SotW `resource_names` list that `names` was built from (`_names_body` in
     xds/server.py): an ACK repeating it reuses `names` instead of building a new set."""
     name_sets: int = 0
     """How many later requests had their names hashed into a set (for tests and profiles)."""
