@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -154,6 +155,11 @@ async def serve(
 
         await serve_workers(settings)
         return
+    # A push allocates a few objects per proxy, so CPython's default (a young collection per
+    # 700 allocations, each older one scanning the snapshot's ~340k objects) spent ~12% of an
+    # endpoint push's CPU collecting garbage there is little of: collect young objects less
+    # often.
+    gc.set_threshold(20_000, 10, 10)
     discovery = build_discovery(settings)
     if settings.analysis:
         discovery.analysis = ServerAnalysis(discovery)

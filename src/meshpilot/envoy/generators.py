@@ -555,7 +555,9 @@ class SecretSourceStage:
     def generate(
         self, snapshot: Snapshot, proxy: Proxy, names: Collection[str] | None
     ) -> list[Resource]:
-        with sds.secrets_source(sds.from_agent(proxy.metadata)):
+        if not sds.from_agent(proxy.metadata):
+            return self.inner.generate(snapshot, proxy, names)  # ADS: the default source
+        with sds.secrets_source(True):
             return self.inner.generate(snapshot, proxy, names)
 
     def concerns(self, request: PushRequest) -> bool:
