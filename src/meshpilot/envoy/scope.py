@@ -172,19 +172,42 @@ def virtual_service_for(snapshot: Snapshot, hostname: str, namespace: str) -> Co
 
 
 def _find_virtual_service(snapshot: Snapshot, hostname: str, namespace: str) -> Config | None:
-    wildcard: Config | None = None
-    for vs in snapshot.virtual_services:
-        if not applies_to(vs, MESH):
-            continue
-        if not exported_to(vs.spec.get("exportTo") or (), vs.namespace, namespace):
-            continue
-        for host in vs.spec.get("hosts") or ():
-            resolved = resolve_short_name(host, vs.namespace)
-            if resolved == hostname:
-                return vs
-            if wildcard is None and host_matches(resolved, hostname):
-                wildcard = vs
-    return wildcard
+    exact, wildcards = _virtual_service_index(snapshot)
+    for vs in exact.get(hostname, ()):
+        if exported_to(vs.spec.get("exportTo") or (), vs.namespace, namespace):
+            return vs
+    for pattern, vs in wildcards:
+        if host_matches(pattern, hostname) and exported_to(
+            vs.spec.get("exportTo") or (), vs.namespace, namespace
+        ):
+            return vs
+    return None
+
+
+def _virtual_service_index(
+    snapshot: Snapshot,
+) -> tuple[dict[str, list[Config]], list[tuple[str, Config]]]:
+    """Mesh VirtualServices by exact host, and the wildcard hosts, each in snapshot order: a
+    lookup reads the few that can match instead of every VirtualService (per host, that made
+    route generation quadratic in the mesh's size)."""
+    key = ("vs-index",)
+    found: tuple[dict[str, list[Config]], list[tuple[str, Config]]] | None = (
+        snapshot.cache.get(key)
+    )
+    if found is None:
+        exact: dict[str, list[Config]] = {}
+        wildcards: list[tuple[str, Config]] = []
+        for vs in snapshot.virtual_services:
+            if not applies_to(vs, MESH):
+                continue
+            for host in vs.spec.get("hosts") or ():
+                resolved = resolve_short_name(host, vs.namespace)
+                if resolved.startswith("*"):
+                    wildcards.append((resolved, vs))
+                elif vs not in (same := exact.setdefault(resolved, [])):
+                    same.append(vs)
+        found = snapshot.cache[key] = (exact, wildcards)
+    return found
 
 
 def rules_select_workloads(snapshot: Snapshot) -> bool:
@@ -226,11 +249,8 @@ def _find_destination_rule(
     service = snapshot.services.get(hostname)
     service_ns = service.namespace if service is not None else ""
     best: tuple[tuple[int, int], Config] | None = None
-    for rule in snapshot.destination_rules:
+    for host, rule in _rules_matching(snapshot, hostname):
         if not exported_to(rule.spec.get("exportTo") or (), rule.namespace, namespace):
-            continue
-        host = resolve_short_name(str(rule.spec.get("host", "")), rule.namespace)
-        if not host_matches(host, hostname):
             continue
         selector: Mapping[str, str] = (rule.spec.get("workloadSelector") or {}).get(
             "matchLabels"
@@ -254,3 +274,30 @@ def _find_destination_rule(
         if best is None or rank > best[0]:
             best = (rank, rule)
     return best[1] if best else None
+
+
+_RuleIndex = tuple[dict[str, list[tuple[int, str, Config]]], list[tuple[int, str, Config]]]
+
+
+def _rules_matching(snapshot: Snapshot, hostname: str) -> list[tuple[str, Config]]:
+    """(resolved host, rule) of the DestinationRules whose host matches `hostname`, in
+    snapshot order (ties in precedence go to the first), from an index built once per
+    snapshot by exact host and wildcard."""
+    key = ("dr-index",)
+    index: _RuleIndex | None = snapshot.cache.get(key)
+    if index is None:
+        exact: dict[str, list[tuple[int, str, Config]]] = {}
+        wildcards: list[tuple[int, str, Config]] = []
+        for i, rule in enumerate(snapshot.destination_rules):
+            host = resolve_short_name(str(rule.spec.get("host", "")), rule.namespace)
+            if host.startswith("*"):
+                wildcards.append((i, host, rule))
+            else:
+                exact.setdefault(host, []).append((i, host, rule))
+        index = snapshot.cache[key] = (exact, wildcards)
+    exact_rules, wildcard_rules = index
+    found = exact_rules.get(hostname, [])
+    matching = [entry for entry in wildcard_rules if host_matches(entry[1], hostname)]
+    if matching:
+        found = sorted([*found, *matching], key=lambda entry: entry[0])
+    return [(host, rule) for _, host, rule in found]
