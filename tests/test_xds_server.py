@@ -341,3 +341,47 @@ def test_a_response_holder_is_emptied_when_grpc_serializes_it() -> None:
     held = Outgoing(b"response bytes")
     assert serialize(held) == b"response bytes"
     assert held.message is None
+
+
+async def test_proxies_pushed_the_same_change_each_ack_it_and_keep_distinct_nonces(
+    xds: Harness,
+) -> None:
+    # Pushes hand streams with the same view one shared response (nonce included); each
+    # stream's nonces must still differ from response to response, and each proxy's ACK and
+    # push history must be its own.
+    mesh(xds)
+    xds.store.mark_synced()
+    names = [V1, f"outbound|9080|v1|{REVIEWS}"]
+    clients = [
+        AdsClient(xds.port, node=make_node(f"sidecar~127.0.0.{i}~c{i}.default~default.svc"))
+        for i in (2, 3)
+    ]
+    seen: list[set[str]] = [set(), set()]
+    for client, nonces in zip(clients, seen, strict=True):
+        clusters = await client.request(CLUSTER)
+        await client.ack(clusters)
+        eds = await client.request(ENDPOINT, names)
+        await client.ack(eds, names)
+        nonces.update((clusters.nonce, eds.nonce))
+    for generation in range(2, 5):
+        xds.store.apply(workload_entry(
+            f"reviews-v{generation}", f"127.0.1.{generation}",
+            {"app": "reviews", "version": f"v{generation}"},
+        ))
+        for client, nonces in zip(clients, seen, strict=True):
+            update = await client.expect_response(ENDPOINT)
+            assert update.nonce not in nonces
+            nonces.add(update.nonce)
+            (assignment,) = unpack(update)
+            assert assignment.cluster_name == V1
+            assert len([lb for g in assignment.endpoints for lb in g.lb_endpoints]) == generation
+            await client.ack(update, names)
+    for client in clients:
+        await client.expect_no_response()
+    for connection in xds.server.connections.values():
+        assert type_status(connection.watches[ENDPOINT]).status is Sync.SYNCED
+        last = next(e for e in xds.server.push_history.events(connection.proxy.id)
+                    if e.type == "EDS")  # newest first
+        assert last.status == "ACK" and last.changed_names == (V1,)
+    for client in clients:
+        await client.close()

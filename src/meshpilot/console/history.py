@@ -93,6 +93,7 @@ class PushHistory:
         self.max_names = max_names
         self.clock = clock
         self._proxies: OrderedDict[str, _Proxy] = OrderedDict()
+        self._diffs: dict[tuple[int, int, bool], tuple[Any, ...]] = {}
         self.total = 0
 
     def _proxy(self, proxy: str) -> _Proxy:
@@ -117,11 +118,29 @@ class PushHistory:
         changed: Collection[str],
         removed: Collection[str] = (),
     ) -> None:
+        self._record(proxy, connection, type_name, version, nonce, resources, len(changed),
+                     len(removed), self._names(changed), self._names(removed))
+
+    def _names(self, names: Collection[str]) -> tuple[str, ...]:
+        return tuple(sorted(names)[: self.max_names])
+
+    def _record(
+        self,
+        proxy: str,
+        connection: str,
+        type_name: str,
+        version: str,
+        nonce: str,
+        resources: int,
+        changed: int,
+        removed: int,
+        changed_names: tuple[str, ...],
+        removed_names: tuple[str, ...],
+    ) -> None:
         entry = self._proxy(proxy)
         event = PushEvent(
             proxy, connection, type_name, version, nonce, self.clock(), resources,
-            len(changed), len(removed),
-            tuple(sorted(changed)[: self.max_names]), tuple(sorted(removed)[: self.max_names]),
+            changed, removed, changed_names, removed_names,
         )
         previous = entry.waiting.get((connection, type_name))
         if previous is not None and previous.status == PENDING:
@@ -143,9 +162,22 @@ class PushHistory:
     ) -> None:
         """A State-of-the-World response: `current` (name → version) replaces `previous`
         whole, or, when `partial` (an EDS subset), only updates the names it carries."""
-        changed = [name for name, v in current.items() if previous.get(name) != v]
-        removed = () if partial else [name for name in previous if name not in current]
-        self.sent(proxy, connection, type_name, version, nonce, len(current), changed, removed)
+        # Proxies that held the same set and were sent the same set (shared dicts) share one
+        # diff: comparing 1,200 names per proxy was a fifth of a full push's CPU.
+        key = (id(previous), id(current), partial)
+        diff = self._diffs.get(key)
+        if diff is None or diff[0] is not previous or diff[1] is not current:
+            changed = [name for name, v in current.items() if previous.get(name) != v]
+            removed = [] if partial else [name for name in previous if name not in current]
+            if len(self._diffs) >= 64:
+                self._diffs.clear()
+            diff = self._diffs[key] = (
+                previous, current, len(changed), len(removed),
+                self._names(changed), self._names(removed),
+            )
+        _, _, changed_count, removed_count, changed_names, removed_names = diff
+        self._record(proxy, connection, type_name, version, nonce, len(current),
+                     changed_count, removed_count, changed_names, removed_names)
 
     def acked(self, proxy: str, connection: str, type_name: str, nonce: str) -> None:
         self._answer(proxy, connection, type_name, nonce, ACK, "")

@@ -19,9 +19,10 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from meshpilot.agent.node import proxy_from_node
 from meshpilot.debug import xds as debug_xds
-from meshpilot.envoy.generators import GENERATORS
+from meshpilot.envoy.generators import GENERATORS, Resource
 from meshpilot.envoy.names import PUSH_ORDER, ROUTE, SHORT_NAMES
 from meshpilot.model import PushRequest
+from meshpilot.model.snapshot import Snapshot
 from meshpilot.xds.connection import END, PUSH, Connection
 from meshpilot.xds.discovery import DiscoveryServer, eds_names_for
 from meshpilot.xds.encoding import (
@@ -30,6 +31,7 @@ from meshpilot.xds.encoding import (
     delta_response,
     resource_set,
     serialize,
+    shared_sotw_response,
     sotw_response,
     varint,
 )
@@ -174,13 +176,14 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         resources = self.discovery.generate(connection.proxy, state.type_url, names)
         if only is not None:
             # SotW EDS may carry a subset: send just the assignments that changed.
-            changed = [r for r in resources if state.sent.get(r.name) != r.version]
+            changed, merged = _subset_update(snapshot, state.sent, resources)
             if not changed and not force:
                 return None
-            data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, changed)
+            data, nonce = shared_sotw_response(
+                snapshot, state.type_url, snapshot.version, changed
+            )
             carried: dict[str, str] = {r.name: r.version for r in changed}
-            # A new dict: the old one may be a ResourceSet's, shared with other watches.
-            state.sent = {**state.sent, **carried}
+            state.sent = merged
         else:
             # Proxies that see the same thing share one ResourceSet: its versions and its
             # encoded resources are computed once, and "unchanged" is usually an identity test.
@@ -194,11 +197,15 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                 state.sent = shared.versions
                 if not changed:
                     return None  # only names the proxy no longer needs went away
-                data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, changed)
+                data, nonce = shared_sotw_response(
+                    snapshot, state.type_url, snapshot.version, changed
+                )
                 carried = {r.name: r.version for r in changed}
                 partial = True
             else:
-                data, nonce = sotw_response(snapshot, state.type_url, snapshot.version, shared)
+                # Pushes share one response per set; an answer to a request gets its own nonce.
+                respond = sotw_response if force else shared_sotw_response
+                data, nonce = respond(snapshot, state.type_url, snapshot.version, shared)
                 state.sent = carried = shared.versions
         _record_send(state, nonce, snapshot.version)
         # A partial response tells the history only what it carries: diffing the proxy's whole
@@ -214,7 +221,11 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         request = connection.take_pending()
         if request is None:
             return []
-        digest = self.discovery.targets_digest(connection.proxy)
+        # A routing-only push changed no service or endpoint, so no proxy's own targets.
+        digest = (
+            connection.targets_digest if request.routing_only
+            else self.discovery.targets_digest(connection.proxy)
+        )
         if digest != connection.targets_digest:
             # What the proxy itself serves changed: its inbound side needs a full push.
             connection.targets_digest = digest
@@ -389,6 +400,26 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             if response is not None:
                 out.append(response)
         return out
+
+
+def _subset_update(
+    snapshot: Snapshot, held: dict[str, str], resources: list[Resource]
+) -> tuple[list[Resource], dict[str, str]]:
+    """What of `resources` differs from what the proxy `held`, and what it holds after
+    receiving that. Proxies that held one dict and are sent one generator list share both
+    answers, so their holdings stay one shared dict from push to push (and so do the push
+    history's diffs and the responses built from them)."""
+    key = ("subset-update", id(held), id(resources))
+    found: tuple[dict[str, str], list[Resource], list[Resource], dict[str, str]] | None = (
+        snapshot.cache.get(key)
+    )
+    if found is not None and found[0] is held and found[1] is resources:
+        return found[2], found[3]
+    changed = [r for r in resources if held.get(r.name) != r.version]
+    # A new dict: the old one may be shared with other watches.
+    merged = {**held, **{r.name: r.version for r in changed}}
+    snapshot.cache[key] = (held, resources, changed, merged)
+    return changed, merged
 
 
 def _names_body(request: Any) -> bytes:
