@@ -13,7 +13,7 @@ other, in either direction.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from meshpilot.analysis.resource import Resource
@@ -82,6 +82,34 @@ def number(value: object) -> int | None:
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Every selector label is present with the same value; an empty selector selects all."""
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+class LabelIndex:
+    """Label maps indexed by label pair, to ask whether any of them matches a selector without
+    testing each one: subsets against every workload of a namespace was quadratic (4 s of a
+    1,000-service mesh's analysis)."""
+
+    def __init__(self, label_maps: Iterable[Mapping[str, str]]) -> None:
+        self.size = 0
+        self._by_pair: dict[tuple[str, str], set[int]] = {}
+        for i, labels in enumerate(label_maps):
+            self.size += 1
+            for pair in labels.items():
+                self._by_pair.setdefault(pair, set()).add(i)
+
+    def any_match(self, selector: Mapping[str, str]) -> bool:
+        """Whether some label map has every selector label (an empty selector: any map)."""
+        if not selector:
+            return self.size > 0
+        holders = []
+        for pair in selector.items():
+            found = self._by_pair.get(pair)
+            if not found:
+                return False
+            holders.append(found)
+        holders.sort(key=len)
+        first, *others = holders
+        return any(all(i in other for other in others) for i in first)
 
 
 def selector_string(selector: Mapping[str, str]) -> str:

@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshpilot.analysis.analyzers.common import (
+    LabelIndex,
     mapping,
     mappings,
     number,
-    selector_matches,
     string_map,
     strings,
     text,
@@ -103,7 +103,8 @@ class SubsetSelectPodAnalyzer:
     def analyze(self, ctx: Context) -> None:
         index = ServiceIndex(ctx)
         nodes = {node.name: node.labels for node in ctx.for_each(NODE)}
-        pod_labels = [endpoint_labels(pod, nodes) for pod in ctx.for_each(POD)]
+        pods = LabelIndex(endpoint_labels(pod, nodes) for pod in ctx.for_each(POD))
+        workloads = _WorkloadEntriesByNamespace(ctx)
         for rule in ctx.for_each(DESTINATION_RULE):
             host = text(rule.spec.get("host"))
             service = index.lookup(rule.namespace, host, strings(rule.spec.get("exportTo")))
@@ -111,34 +112,52 @@ class SubsetSelectPodAnalyzer:
                 ctx.report(rule, UNKNOWN_HOST, host, field="spec.host")
                 continue
             base: dict[str, str] = {}
-            candidates = pod_labels
+            candidates = [pods]
             if service.source.collection == SERVICE_ENTRY:
-                base = string_map(mapping(service.source.spec.get("workloadSelector"))
-                                  .get("labels"))
-                candidates = [*pod_labels, *registry_endpoint_labels(ctx, service.source)]
+                entry = service.source
+                base = string_map(mapping(entry.spec.get("workloadSelector")).get("labels"))
+                # The ServiceEntry registry's endpoints: inline endpoints' own labels, and every
+                # WorkloadEntry of the entry's namespace when it selects workloads (its selector
+                # is part of each subset's selector already).
+                candidates.append(LabelIndex(
+                    string_map(e.get("labels")) for _, e in mappings(entry.spec.get("endpoints"))
+                ))
+                if entry.spec.get("workloadSelector") is not None:
+                    candidates.append(workloads.labels(entry.namespace))
             elif service.source.collection == REGISTRY_SERVICE:
                 # An external registry's service (live analysis): its endpoints are the
                 # workloads; the server merges every registry's endpoints for one host.
-                candidates = [*pod_labels, *(
+                candidates.append(LabelIndex(
                     dict(e.labels) for s in ctx.registries
                     if s.hostname == service.source.name
-                    and s.namespace == service.source.namespace for e in s.endpoints)]
+                    and s.namespace == service.source.namespace for e in s.endpoints))
             for subset_index, subset in mappings(rule.spec.get("subsets")):
                 selector = {**base, **string_map(subset.get("labels"))}
-                if not any(selector_matches(selector, labels) for labels in candidates):
+                if not any(found.any_match(selector) for found in candidates):
                     ctx.report(rule, SUBSET_SELECTS_NOTHING, text(subset.get("name")),
                                field=f"spec.subsets[{subset_index}]")
 
 
-def registry_endpoint_labels(ctx: Context, entry: Resource) -> list[dict[str, str]]:
-    """Labels of the endpoints the ServiceEntry registry gives an entry: inline endpoints'
-    own labels, and the labels of every WorkloadEntry in the entry's namespace (the entry's
-    selector is part of each subset's selector already)."""
-    found = [string_map(e.get("labels")) for _, e in mappings(entry.spec.get("endpoints"))]
-    if entry.spec.get("workloadSelector") is not None:
-        found.extend({**w.labels, **string_map(w.spec.get("labels"))}
-                     for w in ctx.for_each(WORKLOAD_ENTRY) if w.namespace == entry.namespace)
-    return found
+class _WorkloadEntriesByNamespace:
+    """Label indexes of each namespace's WorkloadEntries, built on first use."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._grouped: dict[str, list[Resource]] | None = None
+        self._indexes: dict[str, LabelIndex] = {}
+
+    def labels(self, namespace: str) -> LabelIndex:
+        found = self._indexes.get(namespace)
+        if found is None:
+            if self._grouped is None:
+                self._grouped = {}
+                for w in self._ctx.for_each(WORKLOAD_ENTRY):
+                    self._grouped.setdefault(w.namespace, []).append(w)
+            found = self._indexes[namespace] = LabelIndex(
+                {**w.labels, **string_map(w.spec.get("labels"))}
+                for w in self._grouped.get(namespace, ())
+            )
+        return found
 
 
 def endpoint_labels(pod: Resource, nodes: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
