@@ -76,6 +76,7 @@ class MeshpilotServer:
             "--xds-address", f"127.0.0.1:{self.xds_port}",
             "--debug-address", f"127.0.0.1:{self.debug_port}",
             "--controlz-address", f"127.0.0.1:{free_port()}",
+            "--console-address", f"127.0.0.1:{free_port()}",
             "--debounce-after", str(debounce), "--log-level", "warning",
         ]
         if workers > 1:

@@ -170,8 +170,13 @@ def shared_sotw_response(
     be an object those streams share (a generator's list, a ResourceSet, a
     `changed_resources` answer): it is cached by identity."""
     key = ("push-response", type_url, id(resources))
-    found: tuple[object, bytes, str] | None = snapshot.cache.get(key)
-    if found is not None and found[0] is resources:
+    found: tuple[object, bytes | None, str] | None = snapshot.cache.get(key)
+    if found is None or found[0] is not resources:
+        # Kept only from a second stream on: a set one proxy alone gets (an EnvoyFilter's
+        # patched copy, say) must not keep its response alive for the snapshot's lifetime.
+        snapshot.cache[key] = (resources, None, "")
+        return sotw_response(snapshot, type_url, version, resources)
+    if found[1] is not None:
         return found[1], found[2]
     data, sent = sotw_response(snapshot, type_url, version, resources)
     snapshot.cache[key] = (resources, data, sent)
