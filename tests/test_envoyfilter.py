@@ -126,3 +126,23 @@ def test_typed_struct_configs_pass_to_envoy(typed_struct: str) -> None:
                                       "value": {"no_such_field": 1}}}
     bad_patch = {**INSERT_LUA, "patch": {"operation": "INSERT_BEFORE", "value": bad}}
     assert envoy_rejects(snapshot_of([*MESH, envoy_filter(bad_patch)]), sidecar()) != ""
+
+
+def test_proxies_selected_by_the_same_filters_share_one_patched_list() -> None:
+    # Patched output is kept per snapshot by (resources, selecting filters, proxy type), so
+    # a thousand selected sidecars cost one patch and share one response, not one copy each.
+    snapshot = snapshot_of([*MESH, envoy_filter(INSERT_LUA, selector={"tier": "web"})])
+    web = [sidecar(f"web-{i}", labels={"app": f"web-{i}", "tier": "web"}) for i in range(3)]
+    lists = [GENERATORS[LISTENER].generate(snapshot, p, None) for p in web]
+    assert lists[0] is lists[1] is lists[2]
+    plain = GENERATORS[LISTENER].generate(snapshot, sidecar("api"), None)
+    assert plain is not lists[0]
+
+    def lua_at_9080(resources: list[Any]) -> bool:
+        response = discovery_pb2.DiscoveryResponse(
+            type_url=LISTENER, resources=[r.body for r in resources])
+        (listener,) = [lst for lst in unpack(response)
+                       if lst.address.socket_address.port_value == 9080]
+        return "envoy.filters.http.lua" in http_filters(listener)
+
+    assert lua_at_9080(lists[0]) and not lua_at_9080(plain)

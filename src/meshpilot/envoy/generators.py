@@ -531,10 +531,26 @@ class EnvoyFilterStage:
         resources = self.inner.generate(snapshot, proxy, names)
         if proxy.proxyless or not snapshot.envoy_filters:
             return resources
-        patched = envoyfilter.apply(snapshot, proxy, self.type_url, resources, names)
-        if patched is None:
+        filters = envoyfilter.filters_for(snapshot, proxy)
+        if not filters:
             return resources
-        return [to_resource(name, message) for name, message in patched]
+        # Patching reads the resources, the EnvoyFilters that select the proxy and its type
+        # (the patch context): proxies equal in those share one patched list, so their
+        # responses stay shared too (xds/encoding) instead of one copy per proxy.
+        key = (
+            "envoyfilter", self.type_url, id(resources),
+            tuple((str(f.key), f.resource_version) for f in filters), proxy.type,
+            None if names is None else frozenset(names),
+        )
+        found: tuple[list[Resource], list[Resource]] | None = snapshot.cache.get(key)
+        if found is not None and found[0] is resources:
+            return found[1]
+        patched = envoyfilter.apply(snapshot, proxy, self.type_url, resources, names)
+        result = resources if patched is None else [
+            to_resource(name, message) for name, message in patched
+        ]
+        snapshot.cache[key] = (resources, result)  # `resources` kept: its id stays unique
+        return result
 
     def concerns(self, request: PushRequest) -> bool:
         return self.inner.concerns(request)
