@@ -32,7 +32,7 @@ from meshpilot.envoy import names, sds
 from meshpilot.envoy.generators import GENERATORS
 from meshpilot.model.security import Identity
 from meshpilot.security import csr_protos
-from meshpilot.security.ca import CertificateAuthority
+from meshpilot.security.ca import CertificateAuthority, create_intermediate
 from meshpilot.security.csr_service import (
     AuthenticationError,
     CertificateService,
@@ -407,3 +407,24 @@ def test_agent_mode_needs_the_mesh_root(tmp_path: Path) -> None:
         "--config-path", str(tmp_path / "proxy"), "--workload-name", "a"])
     assert result.exit_code == 2
     assert "--root-cert" in result.output
+
+
+def test_certificate_requests_are_signed_by_the_ca_of_the_moment(tmp_path: Path) -> None:
+    # Replicas rotating their signing intermediate swap the CA under a running service: a
+    # request after the swap is signed by the new intermediate, under the same root.
+    root = CertificateAuthority.load_or_create(tmp_path / "root", "cluster.local")
+    intermediate = create_intermediate(tmp_path / "root", tmp_path / "mid", "replica-1")
+    holder = [root]
+    service = CertificateService(lambda: holder[0], load_or_create_key(tmp_path / "root"),
+                                 "cluster.local", HOUR)
+
+    def issuer(chain: list[str]) -> x509.Name:
+        return x509.load_pem_x509_certificate(chain[0].encode()).issuer
+
+    before = service.sign(A, _csr_asking_for(A), 0)
+    assert issuer(before) == root.certificate.subject
+    holder[0] = intermediate
+    after = service.sign(A, _csr_asking_for(A), 0)
+    assert issuer(after) == intermediate.certificate.subject != root.certificate.subject
+    assert after[-1].strip() == before[-1].strip() == root.root.decode().strip()
+    assert len(after) == 3  # workload, intermediate, root

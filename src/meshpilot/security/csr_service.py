@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -72,12 +73,18 @@ def peer_identity(context: grpc.aio.ServicerContext) -> Identity | None:
 
 
 class CertificateService:
-    def __init__(self, ca: CertificateAuthority, token_key: bytes, trust_domain: str,
-                 max_ttl: datetime.timedelta) -> None:
-        self.ca = ca
+    def __init__(self, ca: CertificateAuthority | Callable[[], CertificateAuthority],
+                 token_key: bytes, trust_domain: str, max_ttl: datetime.timedelta) -> None:
+        # A callable gives the signing CA of the moment: replicas rotating their intermediate
+        # (signing.py) swap it while this service runs.
+        self._ca = ca if callable(ca) else lambda: ca
         self.token_key = token_key
         self.trust_domain = trust_domain
         self.max_ttl = max_ttl
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return self._ca()
 
     def authenticate(self, peer: Identity | None, metadata: dict[str, str]) -> Identity:
         """The identity the caller proved: its certificate's, else its bootstrap token's."""
@@ -102,13 +109,14 @@ class CertificateService:
         ttl = self.max_ttl
         if validity_seconds > 0:
             ttl = max(MIN_TTL, min(ttl, datetime.timedelta(seconds=validity_seconds)))
-        chain, serial, not_after = self.ca.sign_csr(csr_pem.encode(), identity, ttl)
+        ca = self.ca  # one CA for the whole answer, even if a rotation lands meanwhile
+        chain, serial, not_after = ca.sign_csr(csr_pem.encode(), identity, ttl)
         log.info("signed a certificate request for %s (serial %x, expires %s)",
                  identity.spiffe_id, serial,
                  datetime.datetime.fromtimestamp(not_after, datetime.UTC).isoformat())
         pems = [c.public_bytes(Encoding.PEM).decode()
                 for c in x509.load_pem_x509_certificates(chain)]
-        root = self.ca.root.decode()
+        root = ca.root.decode()
         return [*pems, root] if root.strip() not in {p.strip() for p in pems} else pems
 
     async def CreateCertificate(

@@ -173,8 +173,9 @@ async def start_secure(
         return None
     if not settings.secure_xds_address and not settings.ca_address:
         return None
+    certificates = runtime.certificates
     service = CertificateService(
-        runtime.certificates.ca, load_or_create_key(settings.ca_dir),
+        lambda: certificates.ca, load_or_create_key(settings.ca_dir),
         runtime.security.trust_domain, datetime.timedelta(seconds=settings.cert_ttl),
     )
     try:
