@@ -10,7 +10,8 @@ for auto mTLS):
     server     default/sa/server   `server.example`: mTLS modes, certificates, rotation
     guarded    default/sa/guarded  `guarded.example` (HTTP) and `vault.example` (TCP): authz
     tokens     default/sa/tokens   `tokens.example`: RequestAuthentication
-    custom     default/sa/custom   `custom.example`: CUSTOM policies and the ext-authz server
+    custom     default/sa/custom   `custom.example` (HTTP) and `custom-db.example` (TCP): CUSTOM
+                                   policies and the ext-authz servers
 
 The external authorizers are an HTTP and a gRPC server the test runs outside the mesh, registered
 as Istio expects: MESH_EXTERNAL ServiceEntries (`ext-authz.example`, `ext-authz-grpc.example`)
@@ -83,6 +84,11 @@ spec:
 """
 
 
+CUSTOM_DB_PORT = 5433  # not vault's: TCP services without addresses are told apart by port
+CUSTOM_DB = (VAULT.replace("vault", "custom-db").replace("app: guarded", "app: custom")
+             .replace("5432", str(CUSTOM_DB_PORT)))
+
+
 class Authorizer:
     """An HTTP ext-authz server: allows requests carrying `x-ext-authz: allow`, denies others
     with 403 and an `x-ext-authz-reason` header; records the paths it was asked about."""
@@ -125,11 +131,19 @@ class GrpcAuthorizer:
 
     def __init__(self, address: str) -> None:
         self.paths: list[str] = []
+        self.principals: list[str] = []
+        """Callers' principals from TCP checks (Envoy's network ext_authz filter), which
+        carry no HTTP request: those are allowed for the mesh's `client` only."""
 
         def check(request: auth_pb2.CheckRequest, _: Any) -> auth_pb2.CheckResponse:
             http = request.attributes.request.http
-            self.paths.append(http.path)
             response = auth_pb2.CheckResponse()
+            if not http.path:
+                principal = request.attributes.source.principal
+                self.principals.append(principal)
+                response.status.code = 0 if principal.endswith("/ns/default/sa/client") else 7
+                return response
+            self.paths.append(http.path)
             if http.headers.get("x-ext-authz") == "allow":
                 response.ok_response.SetInParent()  # status code 0: OK
                 return response
@@ -314,7 +328,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureMesh]:
         Workload("custom", mesh.address(23), {"app": "custom"}, mesh.address(23)),
     ]
     documents = [SERVICES.replace("NAME", n) for n in ("server", "guarded", "tokens", "custom")]
-    documents.append(VAULT)
+    documents += [VAULT, CUSTOM_DB]
     authorizer = Authorizer(mesh.address(30))
     grpc_authorizer = GrpcAuthorizer(mesh.address(30))
     entries, mesh_config = _authorizer_config(authorizer, grpc_authorizer, mesh.address(30),
@@ -647,3 +661,43 @@ def test_custom_policy_with_a_grpc_authorizer(secure: SecureMesh) -> None:
         assert paths == ["/guarded/a", "/guarded/b"]  # never `/open`
     finally:
         secure.remove_policy("custom")
+
+
+CUSTOM_TCP = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: custom-tcp, namespace: default}
+spec:
+  selector: {matchLabels: {app: custom}}
+  action: CUSTOM
+  provider: {name: ext-authz-grpc}
+  rules:
+  - to: [{operation: {ports: ["5433"]}}]
+"""
+
+
+def test_custom_policy_on_tcp_asks_the_grpc_authorizer_per_connection(
+    secure: SecureMesh,
+) -> None:
+    # A TCP port: Envoy's network ext_authz filter asks once per connection, with the
+    # caller's mTLS identity and no HTTP request; the authorizer lets only `client` through.
+    principals = secure.grpc_authorizer.principals
+
+    def over_tcp(client: str) -> int:
+        address = f"{secure.mesh.workloads[client].outbound_bind}:{CUSTOM_DB_PORT}"
+        return http_request(address, "custom-db.example")[0]
+
+    secure.policy("custom-tcp", CUSTOM_TCP)
+    try:
+        settled(lambda: _refused(lambda: over_tcp("intruder")), "the TCP CUSTOM policy in force")
+        principals.clear()
+        assert over_tcp("client") == 200
+        assert _refused(lambda: over_tcp("intruder"))
+        assert "spiffe://cluster.local/ns/default/sa/client" in principals
+        assert "spiffe://cluster.local/ns/other/sa/intruder" in principals
+        # The rule names port 5433 only: HTTP to the same workload is not checked.
+        before = len(principals)
+        assert secure.status("custom.example", "/open", client="intruder") == 200
+        assert len(principals) == before
+    finally:
+        secure.remove_policy("custom-tcp")
