@@ -6,6 +6,8 @@ port and its CA port on free ports, and two sidecars started as agents
 
     client   default/sa/client   calls server.example through its sidecar
     server   default/sa/server   server.example (over Delta xDS)
+    ingress  default/sa/ingress  an ingress gateway (`meshpilot proxy router`) routing
+                                 server.example on port 8080 to the server
 
 Each agent makes its key, gets it signed with its bootstrap token, serves it to its Envoy over
 SDS on a Unix socket, and renews it with its certificate. The test itself plays a proxy holding
@@ -60,7 +62,26 @@ spec:
   resolution: STATIC
   ports: [{number: 9080, name: http, protocol: HTTP}]
   workloadSelector: {labels: {app: server}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: through-ingress, namespace: default}
+spec:
+  hosts: [server.example]
+  gateways: [ingress]
+  http:
+  - route: [{destination: {host: server.example, port: {number: 9080}}}]
 """
+GATEWAY_PORT = 8080
 
 
 @dataclass
@@ -149,7 +170,22 @@ spec:
             w.proxy_args = ("--token-file", str(token), "--root-cert",
                             str(ca_dir / "root-cert.pem"), "--ca-address", ca_address)
             mesh.start_workload(w)
-        for w in workloads:
+        # An ingress gateway started as an agent as well: its key, its CSR, the secure port.
+        router = Workload("ingress", mesh.address(30), {"istio": "ingressgateway"},
+                          mesh.address(30))
+        token = workdir / "ingress.token"
+        subprocess.run(
+            [sys.executable, "-m", "meshpilot.cli.main", "token", "create", "--ca-dir",
+             str(ca_dir), "--namespace", "default", "--service-account", "ingress",
+             "--ttl", "600", "-o", str(token)],
+            check=True,
+        )
+        router.service_account = "ingress"
+        router.discovery_address = secure_address
+        router.proxy_args = ("--token-file", str(token), "--root-cert",
+                             str(ca_dir / "root-cert.pem"), "--ca-address", ca_address)
+        mesh.start_router(router)
+        for w in [*workloads, router]:
             mesh.wait_envoy_ready(w.name)
         yield CsrMesh(mesh, ca_dir, secure_address, ca_address)
     finally:
@@ -330,3 +366,27 @@ def test_certificate_requests_are_for_the_proven_identity(csr: CsrMesh) -> None:
         asyncio.run(_ads(csr.ca_address, server_only, [discovery_pb2.DiscoveryRequest(
             node=_node("client", "default", "client"), type_url=CLUSTER)]))
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_ingress_gateway_as_agent_reaches_the_mesh_with_its_own_certificate(
+    csr: CsrMesh,
+) -> None:
+    # The router made its key and had it signed with its token, gets config on the secure
+    # port and its secrets over the agent's SDS, and calls the server over mTLS with it.
+    directory = csr.security_dir("ingress")
+    _, chain = wait_until(partial(matching_pair, directory), 10,
+                          "the gateway's key and certificate to match")
+    sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [
+        "spiffe://cluster.local/ns/default/sa/ingress"]
+    assert csr.stat("ingress", "cluster.xds-grpc.ssl.handshake") >= 1
+    dump = get_json(f"http://{csr.mesh.workloads['ingress'].admin_address}/config_dump"
+                    "?resource=dynamic_active_secrets")
+    assert {c["name"] for c in dump["configs"]} >= {"default", "ROOTCA"}
+    gateway = f"{csr.mesh.workloads['ingress'].outbound_bind}:{GATEWAY_PORT}"
+    handshakes = csr.stat("server", "ssl.handshake")
+    wait_until(lambda: http_request(gateway, "server.example")[0] == 200, 20,
+               "ingress → server over mTLS")
+    assert csr.stat("server", "ssl.handshake") > handshakes
+    log = (csr.mesh.log_dir / "discovery.log").read_text()
+    assert "signed a certificate request for spiffe://cluster.local/ns/default/sa/ingress" in log
