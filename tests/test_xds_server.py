@@ -385,3 +385,52 @@ async def test_proxies_pushed_the_same_change_each_ack_it_and_keep_distinct_nonc
         assert last.status == "ACK" and last.changed_names == (V1,)
     for client in clients:
         await client.close()
+
+
+async def test_delta_streams_alike_share_holdings_and_keep_their_own_nonces(
+    xds: Harness,
+) -> None:
+    mesh(xds)
+    xds.store.mark_synced()
+    nodes = [make_node(f"sidecar~127.0.0.{i}~d{i}.default~default.svc") for i in (2, 3)]
+    clients = [AdsClient(xds.port, delta=True, node=n) for n in nodes]
+    seen: list[set[str]] = [set(), set()]
+    for client, nonces in zip(clients, seen, strict=True):
+        for type_url, names in ((CLUSTER, None), (ENDPOINT, [V1])):
+            response = await client.request(type_url, names)
+            await client.ack(response)
+            nonces.add(response.nonce)
+    one, two = (c.watches for c in xds.server.connections.values())
+    for type_url in (CLUSTER, ENDPOINT):
+        assert one[type_url].sent is two[type_url].sent  # one holding, not one per proxy
+    assert one[ENDPOINT].names is two[ENDPOINT].names
+
+    # Pushes: each stream gets the change once, under a nonce new to it, and ACKs it.
+    for generation in (2, 3):
+        xds.store.apply(workload_entry(f"reviews-v{generation}", f"127.0.1.{generation}",
+                                       {"app": "reviews"}))
+        for client, nonces in zip(clients, seen, strict=True):
+            update = await client.expect_response(ENDPOINT)
+            assert resource_names(update) == [V1] and update.nonce not in nonces
+            nonces.add(update.nonce)
+            await client.ack(update)
+    for client in clients:
+        await client.expect_no_response()
+    for connection in xds.server.connections.values():
+        assert type_status(connection.watches[ENDPOINT]).status is Sync.SYNCED
+    assert one[ENDPOINT].sent is two[ENDPOINT].sent
+
+    # Streams reconnecting with what they hold (each its own dict) converge on one holding.
+    held = dict(one[CLUSTER].sent)
+    again = [AdsClient(xds.port, delta=True,
+                       node=make_node(f"sidecar~127.0.0.{i}~r{i}.default~default.svc"))
+             for i in (4, 5)]
+    for client, stale in zip(again, (V1, f"outbound|9080|v1|{REVIEWS}"), strict=True):
+        await client.send_delta(CLUSTER, initial={**held, stale: "old"})
+        response = await client.expect_response(CLUSTER)
+        assert resource_names(response) == [stale]
+    four, five = (c.watches[CLUSTER].sent for c in xds.server.connections.values()
+                  if c.proxy.id.startswith(("sidecar~127.0.0.4", "sidecar~127.0.0.5")))
+    assert four is five and four == held
+    for client in [*clients, *again]:
+        await client.close()

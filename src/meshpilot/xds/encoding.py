@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,18 +169,43 @@ def shared_sotw_response(
     response twice in one snapshot, when an ACK of either means the same. `resources` must
     be an object those streams share (a generator's list, a ResourceSet, a
     `changed_resources` answer): it is cached by identity."""
-    key = ("push-response", type_url, id(resources))
+    return _shared(snapshot, ("push-response", type_url, id(resources)), resources,
+                   lambda: sotw_response(snapshot, type_url, version, resources))
+
+
+def shared_delta_response(
+    snapshot: Snapshot, type_url: str, version: str, changed: list[Resource], removed: list[str]
+) -> tuple[bytes, str]:
+    """`delta_response` shared by the streams pushed the same `changed` and `removed` lists
+    (objects those streams share), as `shared_sotw_response` is for SotW."""
+    return _shared(snapshot, ("push-delta", type_url, id(changed), id(removed)),
+                   (changed, removed),
+                   lambda: delta_response(snapshot, type_url, version, changed, removed))
+
+
+def _shared(
+    snapshot: Snapshot, key: tuple[object, ...], source: object,
+    build: Callable[[], tuple[bytes, str]],
+) -> tuple[bytes, str]:
     found: tuple[object, bytes | None, str] | None = snapshot.cache.get(key)
-    if found is None or found[0] is not resources:
+    if found is None or not _same(found[0], source):
         # Kept only from a second stream on: a set one proxy alone gets (an EnvoyFilter's
         # patched copy, say) must not keep its response alive for the snapshot's lifetime.
-        snapshot.cache[key] = (resources, None, "")
-        return sotw_response(snapshot, type_url, version, resources)
+        snapshot.cache[key] = (source, None, "")
+        return build()
     if found[1] is not None:
         return found[1], found[2]
-    data, sent = sotw_response(snapshot, type_url, version, resources)
-    snapshot.cache[key] = (resources, data, sent)
+    data, sent = build()
+    snapshot.cache[key] = (source, data, sent)
     return data, sent
+
+
+def _same(kept: object, source: object) -> bool:
+    """Whether the cache entry was made for these very objects (ids are only unique while
+    the objects live, and the entry keeps them alive)."""
+    if isinstance(source, tuple) and isinstance(kept, tuple):
+        return len(kept) == len(source) and all(a is b for a, b in zip(kept, source, strict=True))
+    return kept is source
 
 
 def delta_response(

@@ -31,6 +31,7 @@ from meshpilot.xds.encoding import (
     delta_response,
     resource_set,
     serialize,
+    shared_delta_response,
     shared_sotw_response,
     sotw_response,
     varint,
@@ -326,7 +327,8 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             state = connection.watches[type_url] = WatchState(type_url)
             state.wildcard = (generator.wildcard and not subscribe) or "*" in subscribe
             # After a reconnect the proxy says what it already has; send only what differs.
-            state.sent = dict(request.initial_resource_versions)
+            # (Holdings are replaced, never changed in place: streams share them.)
+            state.sent = dict(request.initial_resource_versions) or _NOTHING_HELD
         elif request.response_nonce and request.response_nonce == state.nonce_sent:
             _record_ack(state, request.response_nonce, state.version_sent)
             self._history_answer(connection, type_url, request.response_nonce, None)
@@ -336,9 +338,10 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
             state.wildcard = False
         subscribe -= {"*"}
         unsubscribe -= {"*"}
-        for name in unsubscribe:
-            state.sent.pop(name, None)
-        state.names = frozenset((state.names | subscribe) - unsubscribe)
+        if any(name in state.sent for name in unsubscribe):
+            state.sent = {k: v for k, v in state.sent.items() if k not in unsubscribe}
+        if subscribe or unsubscribe:
+            state.names = _interned(frozenset((state.names | subscribe) - unsubscribe))
         if not first and not subscribe:
             return []
         only = None if first else subscribe
@@ -354,6 +357,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         state: WatchState,
         only: Collection[str] | None,
         force: bool = False,
+        push: bool = False,
     ) -> Any | None:
         """Changed and removed resources for the watch (or only for `only`)."""
         started = time.monotonic()
@@ -361,20 +365,17 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
         if only is not None:
             names = only
         resources = self.discovery.generate(connection.proxy, state.type_url, names)
-        changed = [r for r in resources if state.sent.get(r.name) != r.version]
-        removed: list[str] = []
-        if only is None:
-            present = {r.name for r in resources}
-            removed = sorted(n for n in state.sent if n not in present)
-        if not changed and not removed and not force:
-            return None
         snapshot = self.discovery.snapshot
         assert snapshot is not None
-        data, nonce = delta_response(snapshot, state.type_url, snapshot.version, changed, removed)
-        for r in changed:
-            state.sent[r.name] = r.version
-        for name in removed:
-            del state.sent[name]
+        changed, removed, state.sent = _delta_update(
+            snapshot, state.sent, resources, complete=only is None
+        )
+        if not changed and not removed and not force:
+            return None
+        # Pushes share one response among streams with the same update; answers to requests
+        # take their own nonce.
+        respond = shared_delta_response if push else delta_response
+        data, nonce = respond(snapshot, state.type_url, snapshot.version, changed, removed)
         _record_send(state, nonce, snapshot.version)
         self.discovery.push_history.sent(
             connection.proxy.id, connection.id, SHORT_NAMES.get(state.type_url, state.type_url),
@@ -396,7 +397,7 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
                 only = self._eds_only(state.names, request.eds_hosts)
                 if not only:
                     continue
-            response = self._delta_response(connection, state, only)
+            response = self._delta_response(connection, state, only, push=True)
             if response is not None:
                 out.append(response)
         return out
@@ -420,6 +421,55 @@ def _subset_update(
     merged = {**held, **{r.name: r.version for r in changed}}
     snapshot.cache[key] = (held, resources, changed, merged)
     return changed, merged
+
+
+_NOTHING_HELD: dict[str, str] = {}
+"""What a new Delta stream holds: one shared empty dict, so that the first answers (and the
+holdings after them) are shared by every stream that subscribed alike. Never mutated."""
+
+
+def _delta_update(
+    snapshot: Snapshot, held: dict[str, str], resources: list[Resource], complete: bool
+) -> tuple[list[Resource], list[str], dict[str, str]]:
+    """What of `resources` differs from what a Delta stream `held`, the names it no longer
+    gets (when `resources` is the complete set), and what it holds afterwards: one answer for
+    every stream that held one dict and is sent one generator list, so holdings stay shared
+    from push to push (a dict of 2,300 names per proxy was most of a Delta proxy's memory)."""
+    key = ("delta-update", id(held), id(resources), complete)
+    found: tuple[Any, ...] | None = snapshot.cache.get(key)
+    if found is not None and found[0] is held and found[1] is resources:
+        return found[2], found[3], found[4]
+    changed = [r for r in resources if held.get(r.name) != r.version]
+    removed: list[str] = []
+    if complete:
+        present = {r.name for r in resources}
+        removed = sorted(n for n in held if n not in present)
+    if complete:
+        # Exactly the set's versions: the dict every stream sent this list holds, so streams
+        # that reconnected holding their own dicts converge on the shared one.
+        after = resource_set(snapshot, resources).versions
+    elif changed:
+        after = {**held, **{r.name: r.version for r in changed}}
+    else:
+        after = held
+    snapshot.cache[key] = (held, resources, changed, removed, after)
+    return changed, removed, after
+
+
+_DELTA_NAMES: weakref.WeakValueDictionary[tuple[int, int], frozenset[str]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _interned(names: frozenset[str]) -> frozenset[str]:
+    """An equal set another Delta stream already holds, if any: one set (and one copy of its
+    names) for every stream that subscribed alike."""
+    key = (len(names), hash(names))
+    found = _DELTA_NAMES.get(key)
+    if found is not None and found == names:
+        return found
+    _DELTA_NAMES[key] = names
+    return names
 
 
 def _names_body(request: Any) -> bytes:
