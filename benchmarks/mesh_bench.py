@@ -109,13 +109,18 @@ class MeshpilotServer:
             return json.load(answer)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 10)
         self._log.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate, and kill if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def idle_cpu(pid: int, seconds: float = 5.0) -> float:

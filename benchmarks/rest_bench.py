@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks import procstat
-from benchmarks.mesh_bench import MeshpilotServer, free_port
+from benchmarks.mesh_bench import MeshpilotServer, free_port, stop_process
 from benchmarks.meshgen import NAMESPACE, Mesh
 
 SOVEREIGN = "sovereign[orjson]==0.32.12"
@@ -230,12 +230,7 @@ class SovereignServer:
         self.pid = self.process.pid
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 15)
         self._log.close()
 
 

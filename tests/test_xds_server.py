@@ -318,14 +318,18 @@ def test_a_virtualservice_push_skips_clusters_and_endpoints_unless_merged_wider(
     assert GENERATORS[CLUSTER].concerns(routing.merge(rule))
 
 
+def two_clients(xds: Harness, delta: bool = False) -> list[AdsClient]:
+    """Two proxies alike but for their ids."""
+    return [AdsClient(xds.port, delta=delta,
+                      node=make_node(f"sidecar~127.0.0.{i}~c{i}.default~default.svc"))
+            for i in (2, 3)]
+
+
 async def test_streams_asking_for_the_same_names_share_one_set(xds: Harness) -> None:
     mesh(xds)
     xds.store.mark_synced()
     names = [V1, f"outbound|9080|v1|{REVIEWS}"]
-    clients = [
-        AdsClient(xds.port, node=make_node(f"sidecar~127.0.0.{i}~c{i}.default~default.svc"))
-        for i in (2, 3)
-    ]
+    clients = two_clients(xds)
     for client in clients:
         await client.request(ENDPOINT, names)
     first, second = (c.watches[ENDPOINT].names for c in xds.server.connections.values())
@@ -352,10 +356,7 @@ async def test_proxies_pushed_the_same_change_each_ack_it_and_keep_distinct_nonc
     mesh(xds)
     xds.store.mark_synced()
     names = [V1, f"outbound|9080|v1|{REVIEWS}"]
-    clients = [
-        AdsClient(xds.port, node=make_node(f"sidecar~127.0.0.{i}~c{i}.default~default.svc"))
-        for i in (2, 3)
-    ]
+    clients = two_clients(xds)
     seen: list[set[str]] = [set(), set()]
     for client, nonces in zip(clients, seen, strict=True):
         clusters = await client.request(CLUSTER)
@@ -392,8 +393,7 @@ async def test_delta_streams_alike_share_holdings_and_keep_their_own_nonces(
 ) -> None:
     mesh(xds)
     xds.store.mark_synced()
-    nodes = [make_node(f"sidecar~127.0.0.{i}~d{i}.default~default.svc") for i in (2, 3)]
-    clients = [AdsClient(xds.port, delta=True, node=n) for n in nodes]
+    clients = two_clients(xds, delta=True)
     seen: list[set[str]] = [set(), set()]
     for client, nonces in zip(clients, seen, strict=True):
         for type_url, names in ((CLUSTER, None), (ENDPOINT, [V1])):
