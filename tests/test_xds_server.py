@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from meshpilot.debug.syncz import Sync, type_status
@@ -434,3 +435,26 @@ async def test_delta_streams_alike_share_holdings_and_keep_their_own_nonces(
     assert four is five and four == held
     for client in [*clients, *again]:
         await client.close()
+
+
+async def test_a_closed_stream_leaves_the_server_without_garbage_collection(
+    xds: Harness,
+) -> None:
+    # The server forgets a proxy when its stream ends (syncz, adsz, pushes), promptly and
+    # without waiting for the cycle collector, which runs rarely on an idle server.
+    mesh(xds)
+    xds.store.mark_synced()
+    gc.disable()
+    try:
+        for delta in (False, True):
+            client = AdsClient(xds.port, delta=delta)
+            await client.request(CLUSTER)
+            assert len(xds.server.connections) == 1
+            await client.close()
+            for _ in range(50):
+                if not xds.server.connections:
+                    break
+                await asyncio.sleep(0.05)
+            assert not xds.server.connections, "the closed stream is still connected"
+    finally:
+        gc.enable()

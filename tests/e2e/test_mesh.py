@@ -190,8 +190,19 @@ def test_server_restart_keeps_traffic_and_converges(mesh: Mesh) -> None:
     set_weights(mesh, 0, 100)  # a change made during the outage
     mesh.start_discovery(["--debounce-after", "0.05"])
     mesh.wait_ready()
-    wait_until(lambda: len(get_json(f"{mesh.debug_url}/debug/adsz")["clients"]) == 4, 30,
-               "all four sidecars reconnected")
+    # Envoy retries its xDS stream with jittered exponential backoff capped at 30 s, so after a
+    # long outage (a slow start on a busy machine) a sidecar may take that long to come back.
+    connected: list[str] = []
+
+    def all_four_back() -> bool:
+        clients = get_json(f"{mesh.debug_url}/debug/adsz")["clients"]
+        connected[:] = sorted(f"{c['proxy']} ({c['variant']})" for c in clients)
+        return len(connected) == 4
+
+    try:
+        wait_until(all_four_back, 60, "all four sidecars reconnected")
+    except TimeoutError as error:
+        raise AssertionError(f"{error}; connected: {connected}") from None
     wait_until(lambda: tally(mesh, 30) == {"reviews-v2": 30}, 15, "the change applied")
     restore_routing(mesh)
 

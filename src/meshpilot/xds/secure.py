@@ -23,7 +23,7 @@ import contextlib
 import datetime
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,15 +123,17 @@ class SecureAdsService(AdsService):
 
     async def _stream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, delta: bool
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         identity = peer_identity(context)
         if identity is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 "no SPIFFE identity in the client certificate")
             return
         checked = self._checked(requests, context, identity, delta)
-        async for response in super()._stream(checked, context, delta):
-            yield response
+        async with contextlib.aclosing(super()._stream(checked, context, delta)) as stream:
+            async for response in stream:
+                yield response
+                del response
 
     async def _checked(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,

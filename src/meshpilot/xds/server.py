@@ -8,10 +8,11 @@ writes responses. A push never waits behind a slow reader, and a request never r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Collection
 from typing import Any
 
 import grpc
@@ -61,20 +62,26 @@ class AdsService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: igno
     async def StreamAggregatedResources(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, delta=False):
-            yield response
-            del response  # not kept while the stream waits
+        # Closed here, not left to the collector, when grpc closes this generator first: the
+        # proxy must be forgotten (syncz, adsz, pushes) the moment its stream ends.
+        async with contextlib.aclosing(self._stream(requests, context, delta=False)) as stream:
+            async for response in stream:
+                yield response
+                del response  # not kept while the stream waits
 
     async def DeltaAggregatedResources(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for response in self._stream(requests, context, delta=True):
-            yield response
-            del response  # not kept while the stream waits
+        # Closed here, not left to the collector, when grpc closes this generator first: the
+        # proxy must be forgotten (syncz, adsz, pushes) the moment its stream ends.
+        async with contextlib.aclosing(self._stream(requests, context, delta=True)) as stream:
+            async for response in stream:
+                yield response
+                del response  # not kept while the stream waits
 
     async def _stream(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, delta: bool
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         events: asyncio.Queue[object] = asyncio.Queue()
         reader = asyncio.create_task(_read(requests, events))
         connection: Connection | None = None
