@@ -3,7 +3,6 @@ with two in-process replicas on a real etcd server."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import uuid
 from collections.abc import AsyncIterator
@@ -15,39 +14,21 @@ from cryptography import x509
 
 from meshpilot.etcd.leader import EtcdLeaderElector
 from meshpilot.etcd.signing import EtcdSigningRotation, SigningMaterial, signing_rotation
-from meshpilot.model.security import Identity
 from meshpilot.security.ca import CertificateAuthority, create_intermediate
 from meshpilot.security.certificates import WorkloadCertificates
 from tests.registry_servers import EtcdServer, eventually
+from tests.signing_replica import SigningReplica
 
 
-class Replica:
+class Replica(SigningReplica):
     def __init__(self, server: EtcdServer, run: str, identity: str, root: Path) -> None:
+        super().__init__(root)
         self.elector = EtcdLeaderElector.from_url(
             f"etcd://{server.address}?key=/{run}/leader&identity={identity}"
             "&leaseDuration=3&renewDeadline=2&retryPeriod=0.3", "/unused")
-        self.certificates = WorkloadCertificates(CertificateAuthority.load(root))
-        self.pushes = 0
         self.rotation = EtcdSigningRotation(self.elector, self.certificates, root, period=1.5,
                                         cert_ttl=3600, changed=self._pushed,
                                         key=f"/{run}/signing")
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def _pushed(self) -> None:
-        self.pushes += 1
-
-    def start(self) -> None:
-        self.tasks = [asyncio.create_task(self.elector.run()),
-                      asyncio.create_task(self.rotation.run())]
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    def issuer(self) -> x509.Name:
-        issued = self.certificates.certificate(Identity("cluster.local", "default", "app"))
-        return x509.load_pem_x509_certificate(issued.certificate_chain).issuer
 
 
 @pytest.fixture

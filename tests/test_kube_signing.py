@@ -27,12 +27,12 @@ from meshpilot.kube.signing import (
     material_of,
     secret_data,
 )
-from meshpilot.model.security import Identity
 from meshpilot.security.ca import CertificateAuthority, create_intermediate
 from meshpilot.security.certificates import WorkloadCertificates
 from meshpilot.signing import SigningMaterial, make_material
 from tests.fakes.kube_api import KubeApiFake, running_api
 from tests.registry_helpers import eventually
+from tests.signing_replica import SigningReplica
 
 NAMESPACE = "istio-system"
 SECRET = "signing"
@@ -59,34 +59,16 @@ class _Elector(LeaderElector):
             await super()._release(client)
 
 
-class Replica:
+class Replica(SigningReplica):
     def __init__(self, api: KubeApiFake, identity: str, root: Path,
                  period: float = 1.5) -> None:
+        super().__init__(root)
         self.elector = _Elector(KubeOptions(kubeconfig=api.kubeconfig), name="lock",
                                      namespace=NAMESPACE, identity=identity, lease_duration=2.0,
                                      renew_deadline=1.5, retry_period=0.2)
-        self.certificates = WorkloadCertificates(CertificateAuthority.load(root))
-        self.pushes = 0
         self.rotation = KubeSigningRotation(self.elector, self.certificates, root,
                                             period=period, cert_ttl=3600,
                                             changed=self._pushed, secret=SECRET)
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def _pushed(self) -> None:
-        self.pushes += 1
-
-    def start(self) -> None:
-        self.tasks = [asyncio.create_task(self.elector.run()),
-                      asyncio.create_task(self.rotation.run())]
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    def issuer(self) -> x509.Name:
-        issued = self.certificates.certificate(Identity("cluster.local", "default", "app"))
-        return x509.load_pem_x509_certificate(issued.certificate_chain).issuer
 
 
 @pytest.fixture
